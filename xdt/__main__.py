@@ -1,0 +1,3 @@
+from xdt.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""The `xdt` command line: parse, build a config, call one function per subcommand.
+
+Exit codes: 0 success, 1 an unexpected failure (a bug: the traceback is printed), 2 bad input (one line that names
+the file, line or key, and what was expected).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from xdt import __version__
+from xdt.errors import XdtError
+
+# Subcommands that later releases fill in; named now so that scripts and docs can rely on them.
+RESERVED = {
+    "teacher": "fine-tune a multilingual teacher (token or sequence classification)",
+    "distill": "distil a teacher into an mBERT-vocabulary student through the stage schedule",
+    "run": "teacher, distillation, export and per-language evaluation in one command",
+    "eval": "per-language WikiAnn F1 (seqeval) with reports and plots",
+    "export": "a checkpoint as a standard HF model folder",
+    "transfer": "build transfer sets with cross-lingual augmentation",
+    "slurm": "submit and follow SLURM jobs",
+}
+
+
+def _data_inspect(args: argparse.Namespace) -> int:
+    from xdt.data.align import Aligner
+    from xdt.data.cache import default_cache_dir
+    from xdt.data.inspect import format_table, inspect_data
+    from xdt.data.readers import ReadOptions
+    from xdt.data.tokenizer import load_tokenizer
+    from xdt.languages import parse_langs
+
+    if args.max_seq_length is not None and args.tokenizer is None:
+        raise XdtError("--max-seq-length needs --tokenizer DIR")
+    aligner = None
+    if args.tokenizer is not None:
+        aligner = Aligner(load_tokenizer(args.tokenizer), args.max_seq_length or 128)
+    opts = ReadOptions(strict=args.strict, lang=args.lang,
+                       labels=None if args.any_tags else ReadOptions.labels)
+    cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    result = inspect_data(args.path, args.split, parse_langs(args.langs), args.format, opts, aligner, cache_dir)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print(format_table(result))
+    for line in result["skipped"] if args.json else []:
+        print(f"skipped {line}", file=sys.stderr)
+    return 0
+
+
+def _reserved(name: str):
+    def run(args: argparse.Namespace) -> int:
+        raise XdtError(f"`xdt {name}` is not part of this release yet ({RESERVED[name]})")
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xdt",
+        description="Distil multilingual transformers into small mBERT-vocabulary students; score them per "
+                    "language on WikiAnn.",
+    )
+    parser.add_argument("--version", action="version", version=f"xdt {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    data = sub.add_parser("data", help="inspect data files")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    inspect = data_sub.add_parser(
+        "inspect", help="sentences, words, tags per language; with --tokenizer, how they align",
+        description="Counts per split and language of a WikiAnn path in any supported format (xtreme, raw, "
+                    "xtremedistil, hf, text); with --tokenizer also aligned words, [UNK] words, windows and "
+                    "sub-word length percentiles.")
+    inspect.add_argument("path", help="data folder or file, or hf:NAME/CONFIG")
+    inspect.add_argument("--split", help="train, dev (validation) or test; default: every split found")
+    inspect.add_argument("--langs", help="comma-separated language codes; default: every language found")
+    inspect.add_argument("--format", choices=["xtreme", "raw", "xtremedistil", "hf", "text"],
+                         help="default: detected from the layout and content")
+    inspect.add_argument("--lang", help="language of files whose lines do not name one")
+    inspect.add_argument("--tokenizer", help="folder of a fast tokenizer (e.g. the mBERT vocabulary)")
+    inspect.add_argument("--max-seq-length", type=int, help="sub-words per window, specials included (128)")
+    inspect.add_argument("--strict", action="store_true", help="fail on malformed lines instead of skipping")
+    inspect.add_argument("--any-tags", action="store_true",
+                         help="accept any IOB tag, not only the WikiAnn set (O, B/I-PER, ORG, LOC)")
+    inspect.add_argument("--cache-dir", help="aligned-split cache (default $XDT_CACHE or ~/.cache/xdt)")
+    inspect.add_argument("--no-cache", action="store_true", help="align without reading or writing the cache")
+    inspect.add_argument("--json", action="store_true", help="print one JSON object")
+    inspect.set_defaults(func=_data_inspect)
+
+    for name, text in RESERVED.items():
+        reserved = sub.add_parser(name, help=f"{text} (not in this release)")
+        reserved.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        reserved.set_defaults(func=_reserved(name))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except XdtError as err:
+        print(f"xdt: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `xdt data inspect ... | head`
+        return 0

@@ -1,0 +1,367 @@
+"""Typed run configuration: dataclasses, loaded from YAML, with dotted command-line overrides.
+
+    cfg = load_config("configs/quickstart.yaml", ["student.hidden_size=256", "stages.0.lr=1e-4"])
+
+Every problem is one `ConfigError` whose message starts with the dotted key: an unknown key (with the keys that
+exist), a value of the wrong type, a value outside its choices, or a path that does not exist. Override values are
+parsed as YAML (`256` is an int, `true` a bool, `[de,en]` a list, `null` None). Numbers written as `1e-4`, which
+YAML 1.1 reads as strings, are accepted for float fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from xdt.errors import ConfigError
+
+# The released XtremeDistilTransformers shapes (../shared/reference): layers, hidden, heads, intermediate.
+STUDENT_PRESETS: dict[str, dict[str, int]] = {
+    "l6-h256": {"num_layers": 6, "hidden_size": 256, "num_heads": 8, "intermediate_size": 1024},
+    "l6-h384": {"num_layers": 6, "hidden_size": 384, "num_heads": 12, "intermediate_size": 1536},
+    "l12-h384": {"num_layers": 12, "hidden_size": 384, "num_heads": 12, "intermediate_size": 1536},
+}
+
+MOCK = "mock"  # data.path / tokenizer.path value: xdt generates the data or the vocabulary itself
+
+
+def _path(must_exist: bool = True, **kw):
+    """A field holding a path; checked by `check_paths` unless it says `mock` or is empty."""
+    return field(metadata={"path": must_exist}, **kw)
+
+
+@dataclass
+class MockDataConfig:
+    """Synthetic WikiAnn-format data in several languages and scripts, for the offline quickstart."""
+
+    langs: list[str] = field(default_factory=lambda: ["en", "de", "ru", "ar", "hi"])
+    train_sentences: int = 400
+    dev_sentences: int = 100
+    test_sentences: int = 100
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    path: str = _path(default=MOCK)  # a data folder or file (any format of xdt.data.readers), or `mock`
+    format: Literal["xtreme", "raw", "xtremedistil", "hf", "text"] | None = None  # None: detect
+    langs: list[str] | None = None  # None: every language found
+    train_split: str = "train"
+    dev_split: str = "dev"
+    test_split: str = "test"
+    transfer: str | None = _path(default=None)  # transfer set (xdt transfer build), None: labeled train text
+    max_seq_length: int = 128
+    strict: bool = False  # fail on malformed lines instead of skipping them
+    cache_dir: str | None = None  # None: $XDT_CACHE or ~/.cache/xdt
+    mock: MockDataConfig = field(default_factory=MockDataConfig)
+
+
+@dataclass
+class TokenizerConfig:
+    path: str = _path(default=MOCK)  # folder with tokenizer.json / vocab.txt, or `mock`
+    mock_vocab_size: int = 4000  # size of the WordPiece vocabulary trained on the mock data
+
+
+@dataclass
+class TeacherConfig:
+    model: str = _path(default="")  # HF folder to fine-tune; empty: a BERT of the shape below, randomly initialised
+    num_layers: int = 4
+    hidden_size: int = 256
+    num_heads: int = 4
+    intermediate_size: int = 1024
+    epochs: float = 3.0
+    lr: float = 5e-5
+    batch_size: int = 32
+    warmup_ratio: float = 0.1
+    early_stopping_patience: int = 2  # evaluations on dev without improvement before stopping
+    eval_every: int = 0  # steps between dev evaluations; 0: once per epoch
+    trust_remote_code: bool = False
+
+
+@dataclass
+class StudentConfig:
+    preset: Literal["l6-h256", "l6-h384", "l12-h384"] | None = None  # sets the four shape fields below
+    num_layers: int = 2
+    hidden_size: int = 128
+    num_heads: int = 2
+    intermediate_size: int = 512
+    embedding_size: int | None = None  # E < H: factorized word embeddings; None: E = H
+    embedding_init: Literal["svd", "random", "teacher"] = "svd"
+    freeze_embeddings: bool = False
+    init_from: str | None = _path(default=None)  # a pretrained student folder instead of building one
+
+
+@dataclass
+class StageConfig:
+    name: str = "stage"
+    data: Literal["transfer", "labeled"] = "transfer"
+    losses: dict[str, float] = field(default_factory=lambda: {"logits": 1.0})  # term -> weight
+    epochs: float = 1.0
+    steps: int = 0  # > 0 overrides epochs
+    gradual_unfreeze: bool = False
+    steps_per_unfreeze: int = 0  # 0: one epoch per unfreeze step
+    lr: float = 1e-3
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0
+
+
+@dataclass
+class DistillConfig:
+    strategy: Literal["D0-S", "D1", "D2", "D3.1", "D3.2", "D4.1", "D4.2"] | None = "D4.2"  # None: use `stages`
+    layer_map: Literal["top", "uniform"] | list[int] = "top"
+    logit_loss: Literal["mse", "kl"] = "mse"
+    temperature: float = 1.0
+    attention_loss: Literal["none", "mse", "kl"] = "none"
+    projection_dropout: float = 0.1
+    mask_padding: bool = True  # the released code also averages over padding; see README, deviations
+    batch_size: int = 32
+
+
+@dataclass
+class DeepSpeedConfig:
+    config: str = _path(default="ds_configs/zero2.json")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    gradient_accumulation_steps: int = 1
+    gradient_clipping: float = 1.0
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs/quickstart"
+    checkpoint_every: int = 0  # steps; 0: only at stage boundaries
+    keep_last: int = 2
+    tensorboard: bool = True
+
+
+@dataclass
+class EvalConfig:
+    suite: str | None = None  # a suite of eval/, e.g. wikiann41; None: data.langs
+    split: str = "test"
+    batch_size: int = 64
+
+
+@dataclass
+class RunConfig:
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    stages: list[StageConfig] = field(default_factory=list)  # explicit stages; used when distill.strategy is None
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------------------------- building
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(tp))}]"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as err:
+                errors.append(err)
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+    elif origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    elif origin is list:
+        if isinstance(value, list):
+            (item,) = typing.get_args(tp)
+            return [_coerce(v, item, f"{key}.{i}") for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict):
+            k_tp, v_tp = typing.get_args(tp)
+            return {_coerce(k, k_tp, key): _coerce(v, v_tp, f"{key}.{k}") for k, v in value.items()}
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return build(tp, value, key)
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def build(cls: type, data: dict, prefix: str = "") -> Any:
+    """An instance of dataclass `cls` from a (nested) dict, every value type-checked."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or '<root>'}: expected a mapping of keys to values, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"{dotted}: unknown key; expected one of {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def apply_override(data: dict, override: str) -> None:
+    """`a.b.c=value` into nested dict `data` (list items by index: `stages.0.lr=1e-4`)."""
+    key, eq, text = override.partition("=")
+    key = key.strip()
+    if not eq or not key:
+        raise ConfigError(f"{override!r}: expected an override of the form dotted.key=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{key}: cannot parse value {text!r}: {err}") from None
+    parts = key.split(".")
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        here = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            node = _list_item(node, part, here)
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"{here}: is a {type(node).__name__}, cannot set {key} inside it")
+    last = parts[-1]
+    if isinstance(node, list):
+        _list_item(node, last, key)
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def _list_item(node: list, part: str, key: str) -> Any:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"{key}: expected a list index below {len(node)}")
+    return node[int(part)]
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                check: bool = True) -> RunConfig:
+    data: dict = {}
+    explicit_student: set[str] = set()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+        data = loaded
+        if isinstance(data.get("student"), dict):
+            explicit_student |= set(data["student"])
+    if overrides:
+        # overrides address the defaults too (`stages.0.lr` needs the list to exist): start from the full tree
+        full = to_dict(build(RunConfig, data))
+        for override in overrides:
+            apply_override(full, override)
+            if override.startswith("student."):
+                explicit_student.add(override.partition("=")[0].split(".")[1])
+        data = full
+    cfg = build(RunConfig, data)
+    _apply_student_preset(cfg.student, explicit_student)
+    if check:
+        check_config(cfg)
+    return cfg
+
+
+def _apply_student_preset(student: StudentConfig, explicit: set[str]) -> None:
+    if student.preset is None:
+        return
+    for key, value in STUDENT_PRESETS[student.preset].items():
+        if key in explicit and getattr(student, key) != value:
+            raise ConfigError(f"student.{key}: {getattr(student, key)} contradicts student.preset {student.preset} "
+                              f"({key} {value}); set one or the other")
+        setattr(student, key, value)
+
+
+def check_paths(cfg: Any, prefix: str = "") -> None:
+    """Every path field that is set (and not `mock`) must exist."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        dotted = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(value):
+            check_paths(value, dotted)
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            for i, item in enumerate(value):
+                check_paths(item, f"{dotted}.{i}")
+        elif f.metadata.get("path") and value and value != MOCK and not str(value).startswith("hf:"):
+            if not Path(value).exists() and not _project_relative(value).exists():
+                raise ConfigError(f"{dotted}: path {value!r} does not exist")
+
+
+def _project_relative(value: str) -> Path:
+    from xdt.assets import project_root
+
+    return project_root() / value
+
+
+def check_config(cfg: RunConfig) -> None:
+    """Checks across fields, beyond what each field's type says."""
+    check_paths(cfg)
+    positive = {"data.max_seq_length": cfg.data.max_seq_length, "student.num_layers": cfg.student.num_layers,
+                "student.hidden_size": cfg.student.hidden_size, "student.num_heads": cfg.student.num_heads,
+                "teacher.hidden_size": cfg.teacher.hidden_size, "teacher.num_heads": cfg.teacher.num_heads,
+                "distill.batch_size": cfg.distill.batch_size, "eval.batch_size": cfg.eval.batch_size}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: expected a positive integer, got {value}")
+    if cfg.data.max_seq_length < 3:
+        raise ConfigError(f"data.max_seq_length: expected at least 3, got {cfg.data.max_seq_length}")
+    for who in ("teacher", "student"):
+        sub = getattr(cfg, who)
+        if sub.hidden_size % sub.num_heads:
+            raise ConfigError(f"{who}.hidden_size: {sub.hidden_size} is not divisible by {who}.num_heads "
+                              f"{sub.num_heads}")
+    e = cfg.student.embedding_size
+    if e is not None and not 0 < e <= cfg.student.hidden_size:
+        raise ConfigError(f"student.embedding_size: expected 1..{cfg.student.hidden_size} (student.hidden_size), "
+                          f"got {e}")
+    if cfg.distill.strategy is None and not cfg.stages:
+        raise ConfigError("stages: empty while distill.strategy is null; name a strategy or list the stages")

@@ -1,0 +1,1 @@
+"""Data layer: readers per format -> Sentence -> aligned features -> batches."""

@@ -1,0 +1,42 @@
+"""Loading a fast tokenizer from a local folder (or the hub when online), and its content fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from xdt.errors import XdtError
+
+
+def load_tokenizer(name_or_dir: str | Path):
+    from transformers import AutoTokenizer
+
+    path = Path(name_or_dir)
+    local = path.exists()
+    if local and not path.is_dir():
+        raise XdtError(f"{path}: tokenizer must be a folder holding tokenizer.json or vocab.txt")
+    if local and not any((path / f).exists() for f in ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model",
+                                                        "spiece.model", "tokenizer.model")):
+        raise XdtError(f"{path}: no tokenizer files (tokenizer.json, vocab.txt, sentencepiece model) in this folder")
+    if not local and (str(name_or_dir).startswith((".", "/", "~")) or os.environ.get("HF_HUB_OFFLINE") == "1"):
+        raise XdtError(f"{name_or_dir}: tokenizer folder not found (and hub names cannot be fetched offline)")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(name_or_dir))
+    except (OSError, ValueError) as err:
+        raise XdtError(f"{name_or_dir}: cannot load a tokenizer: {err}") from err
+    if not tok.is_fast:
+        raise XdtError(f"{name_or_dir}: loaded {type(tok).__name__}, not a fast tokenizer; word alignment needs one")
+    return tok
+
+
+@lru_cache(maxsize=16)
+def _fingerprint(serialized: str, specials: str) -> str:
+    return hashlib.sha256((serialized + "\0" + specials).encode()).hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of everything that decides sub-word ids: the full backend (vocab, normalizer, pre-tokenizer)."""
+    specials = f"{tokenizer.cls_token_id},{tokenizer.sep_token_id},{tokenizer.unk_token_id}"
+    return _fingerprint(tokenizer.backend_tokenizer.to_str(), specials)
