@@ -185,6 +185,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except ConfigError as err:
                 errors.append(err)
+        deeper = [e for e in errors if str(e).startswith(key + ".")]  # the value had the right shape, not content
+        if deeper:
+            raise deeper[0]
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
     if tp is type(None):
         if value is None:

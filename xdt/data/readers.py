@@ -49,8 +49,8 @@ class ReadOptions:
 def _check_tag(tag: str, opts: ReadOptions, path: Path, lineno: int) -> None:
     known = tag in opts.labels if opts.labels is not None else is_iob_tag(tag)
     if not known:
-        expected = " ".join(opts.labels) if opts.labels is not None else "an IOB tag (O, B-X, I-X)"
-        raise DataError(path, f"unknown tag {tag!r}; expected one of {expected}", lineno)
+        expected = f"one of {' '.join(opts.labels)}" if opts.labels is not None else "an IOB tag (O, B-X, I-X)"
+        raise DataError(path, f"unknown tag {tag!r}; expected {expected}", lineno)
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, str]]:

@@ -1,0 +1,91 @@
+"""The `xdt` console script: help, `data inspect` against dataset_infos.json, exit code 2 on bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import MBERT, SHARED_DATA, need
+from xdt.cli import RESERVED, main
+
+XDT = shutil.which("xdt") or f"{sys.executable} -m xdt"
+
+
+def run_xdt(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*XDT.split(), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_data_and_reserved_commands():
+    proc = run_xdt("--help")
+    assert proc.returncode == 0
+    for name in ["data", *RESERVED]:
+        assert name in proc.stdout
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("layout", ["xtreme", "raw"])
+def test_inspect_json_sentence_counts_equal_dataset_infos(layout):
+    """The issue's acceptance check, through the installed console script."""
+    infos = json.loads(need(SHARED_DATA / "wikiann" / "dataset_infos.json").read_text())
+    proc = run_xdt("data", "inspect", str(need(SHARED_DATA / "wikiann" / layout)), "--split", "test", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    langs = result["languages"]
+    assert len(langs) == (26 if layout == "xtreme" else 4)
+    for lang, stats in langs.items():
+        assert stats["sentences"] == infos[lang]["splits"]["test"]["num_examples"], lang
+        assert stats["words"] > stats["sentences"]
+        assert set(stats["tags"]) == {"O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"}
+        assert stats["entities"] == stats["tags"]["B-PER"] + stats["tags"]["B-ORG"] + stats["tags"]["B-LOC"]
+
+
+@pytest.mark.data
+def test_inspect_with_tokenizer_reports_alignment(capsys):
+    path = need(SHARED_DATA / "wikiann" / "xtreme")
+    assert main(["data", "inspect", str(path), "--split", "dev", "--langs", "tl,ms", "--tokenizer",
+                 str(need(MBERT)), "--max-seq-length", "32", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert sorted(result["languages"]) == ["ms", "tl"]
+    for stats in result["languages"].values():
+        assert stats["aligned_words"] == stats["words"]
+        assert stats["windows"] >= stats["sentences"]
+        assert set(stats["subword_length"]) == {"p50", "p90", "p95", "p99", "max", "mean"}
+        assert stats["subword_length"]["p50"] <= stats["subword_length"]["p99"] <= stats["subword_length"]["max"]
+    assert result["max_seq_length"] == 32
+
+
+@pytest.mark.data
+def test_inspect_table_reports_skipped_lines(capsys):
+    path = need(SHARED_DATA / "wikiann" / "samples" / "xtremedistil_small")
+    assert main(["data", "inspect", str(path), "--split", "train"]) == 0
+    out = capsys.readouterr().out
+    # whitespace runs (`Prizes  The`) leave fewer tokens than tags: those lines are reported, not mis-aligned
+    assert "skipped 4 malformed line(s):" in out and "train_small.tsv:36: 6 tokens but 7 tags" in out
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path):
+    bad = tmp_path / "test-en.tsv"
+    bad.write_bytes(b"Paris\tB-LOC\nis O\n")
+    proc = run_xdt("data", "inspect", str(tmp_path), "--split", "test")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"xdt: error: {bad}:2: line has no tab; expected token<TAB>tag"]
+    assert proc.stdout == ""
+
+
+def test_unknown_split_and_flag_misuse_exit_2(tmp_path, capsys):
+    assert main(["data", "inspect", str(tmp_path), "--split", "holdout"]) == 2
+    assert "unknown split 'holdout'" in capsys.readouterr().err
+    assert main(["data", "inspect", str(tmp_path), "--max-seq-length", "32"]) == 2
+    assert "--max-seq-length needs --tokenizer" in capsys.readouterr().err
+    assert main(["data", "inspect", str(tmp_path), "--tokenizer", str(tmp_path)]) == 2
+    assert "no tokenizer files" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(RESERVED))
+def test_reserved_commands_say_so_and_exit_2(name, capsys):
+    assert main([name]) == 2
+    assert f"`xdt {name}` is not part of this release yet" in capsys.readouterr().err
