@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -34,6 +35,10 @@ def mbert_tokenizer():
     from xdt.data.tokenizer import load_tokenizer
 
     return load_tokenizer(need(MBERT))
+
+
+# Tiny models on a shared 2-core machine: one intra-op thread is many times faster than oversubscribing.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,0 +1,11 @@
+"""Distillation: losses (masked, weighted), gradual unfreezing; the stage schedule and training loop."""
+
+from xdt.distill.losses import (TERMS, DistillLoss, HiddenProjector, attention_loss, hidden_loss, label_loss,
+                                logit_loss, masked_mse)
+from xdt.distill.unfreeze import (UnfreezeGroup, UnfreezePlan, keep_frozen_names, unfreeze_groups,
+                                  word_embedding_names)
+
+__all__ = [
+    "TERMS", "DistillLoss", "HiddenProjector", "UnfreezeGroup", "UnfreezePlan", "attention_loss", "hidden_loss",
+    "keep_frozen_names", "label_loss", "logit_loss", "masked_mse", "unfreeze_groups", "word_embedding_names",
+]

@@ -1,0 +1,254 @@
+"""Students that keep the teacher's (mBERT) vocabulary, built as plain transformers models.
+
+E == H: a BERT (`BertForTokenClassification` / `BertForSequenceClassification`).
+E <  H: factorized word embeddings as ELECTRA's `embedding_size` (`ElectraFor...`, which projects E -> H by
+`electra.embeddings_project`), so an exported student loads with `AutoModelForTokenClassification` and nothing
+from xdt. Starting points (StudentConfig.embedding_init / init_from):
+
+- ``svd``: word embeddings = top-E SVD (or PCA) projection of the teacher's word-embedding matrix, the rest random;
+- ``random``: everything random (transformers' init);
+- ``teacher``: embeddings and encoder layers copied from the teacher (shapes must match; layers by a layer map);
+- ``init_from``: a pretrained student folder (safetensors only: pickled weights can run code when loaded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, BertConfig,
+                          BertForSequenceClassification, BertForTokenClassification, ElectraConfig,
+                          ElectraForSequenceClassification, ElectraForTokenClassification, PretrainedConfig,
+                          PreTrainedModel)
+
+from xdt.config import STUDENT_PRESETS, StudentConfig
+from xdt.errors import ConfigError
+from xdt.models.embeddings import svd_compress
+from xdt.models.layer_map import LayerMapSpec, teacher_layers_to_copy
+
+log = logging.getLogger(__name__)
+
+Task = Literal["token", "sequence"]
+_SHAPE_KEYS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
+
+
+@dataclass(frozen=True)
+class StudentShape:
+    """The resolved student architecture (preset applied, embedding size filled in)."""
+
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    intermediate_size: int
+    embedding_size: int
+
+    @property
+    def factorized(self) -> bool:
+        return self.embedding_size < self.hidden_size
+
+
+def student_shape(cfg: StudentConfig) -> StudentShape:
+    """Resolve `cfg.preset` and check the shape; user errors raise `ConfigError` naming the `student.` key.
+
+    `load_config` already copies a preset into the shape fields; a StudentConfig built in code may not have, so
+    the preset wins over fields still at their dataclass default and contradicts any other value.
+    """
+    values = {k: getattr(cfg, k) for k in _SHAPE_KEYS}
+    if cfg.preset is not None:
+        if cfg.preset not in STUDENT_PRESETS:
+            raise ConfigError(f"student.preset: expected one of {', '.join(STUDENT_PRESETS)}, got {cfg.preset!r}")
+        defaults = {f.name: f.default for f in dataclasses.fields(StudentConfig)}
+        for k, preset_value in STUDENT_PRESETS[cfg.preset].items():
+            if values[k] not in (preset_value, defaults[k]):
+                raise ConfigError(f"student.{k}: {values[k]} contradicts student.preset {cfg.preset} "
+                                  f"({k} {preset_value}); set one or the other")
+            values[k] = preset_value
+    for k, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ConfigError(f"student.{k}: expected a positive integer, got {v!r}")
+    if values["hidden_size"] % values["num_heads"]:
+        raise ConfigError(f"student.hidden_size: {values['hidden_size']} is not divisible by student.num_heads "
+                          f"{values['num_heads']}")
+    e = values["hidden_size"] if cfg.embedding_size is None else cfg.embedding_size
+    if isinstance(e, bool) or not isinstance(e, int) or not 0 < e <= values["hidden_size"]:
+        raise ConfigError(f"student.embedding_size: expected 1..{values['hidden_size']} (student.hidden_size), "
+                          f"got {e!r}")
+    return StudentShape(embedding_size=e, **values)
+
+
+def label_maps(labels: Sequence[str]) -> dict:
+    """`num_labels`, `id2label`, `label2id` keyword arguments for a transformers config."""
+    labels = list(labels)
+    if not labels or len(set(labels)) != len(labels):
+        raise ValueError(f"labels must be a non-empty list of distinct names, got {labels}")
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)}}
+
+
+def student_hf_config(shape: StudentShape, *, vocab_size: int, labels: Sequence[str], pad_token_id: int = 0,
+                      max_position_embeddings: int = 512, type_vocab_size: int = 2) -> PretrainedConfig:
+    """A `BertConfig` (E == H) or an `ElectraConfig` with `embedding_size=E` (E < H)."""
+    common = dict(vocab_size=vocab_size, hidden_size=shape.hidden_size, num_hidden_layers=shape.num_layers,
+                  num_attention_heads=shape.num_heads, intermediate_size=shape.intermediate_size,
+                  hidden_act="gelu", max_position_embeddings=max_position_embeddings,
+                  type_vocab_size=type_vocab_size, pad_token_id=pad_token_id, **label_maps(labels))
+    if shape.factorized:
+        return ElectraConfig(embedding_size=shape.embedding_size, **common)
+    return BertConfig(**common)
+
+
+def model_class(config: PretrainedConfig, task: Task) -> type[PreTrainedModel]:
+    """The transformers class for a BERT/ELECTRA config and a task (per-token or per-sequence labels)."""
+    classes = {("bert", "token"): BertForTokenClassification, ("bert", "sequence"): BertForSequenceClassification,
+               ("electra", "token"): ElectraForTokenClassification,
+               ("electra", "sequence"): ElectraForSequenceClassification}
+    if task not in ("token", "sequence"):
+        raise ValueError(f"task must be 'token' or 'sequence', got {task!r}")
+    return classes[(config.model_type, task)]
+
+
+def build_student(cfg: StudentConfig, *, vocab_size: int, labels: Sequence[str], task: Task = "token",
+                  teacher: PreTrainedModel | None = None, teacher_word_embeddings: torch.Tensor | None = None,
+                  copy_layer_map: LayerMapSpec = "uniform", center: bool = False, pad_token_id: int = 0,
+                  attn_implementation: str | None = None) -> PreTrainedModel:
+    """The student `cfg` describes, initialised as `cfg.embedding_init` / `cfg.init_from` say.
+
+    `vocab_size` is the tokenizer's (the teacher's mBERT vocabulary). `teacher` (or just its word-embedding matrix
+    `teacher_word_embeddings`) is needed for ``svd``; ``teacher`` init needs the model and picks teacher layers
+    with `copy_layer_map` (default every k-th). `center` switches SVD to PCA. `attn_implementation="eager"` is
+    needed when an attention loss reads the attention maps (sdpa does not return them).
+    With `cfg.freeze_embeddings` the word embeddings get ``requires_grad=False``.
+    """
+    if cfg.init_from:
+        model = load_pretrained_student(cfg.init_from, vocab_size=vocab_size, labels=labels, task=task,
+                                        attn_implementation=attn_implementation)
+    else:
+        shape = student_shape(cfg)
+        teacher_cfg = teacher.config if teacher is not None else None
+        config = student_hf_config(
+            shape, vocab_size=vocab_size, labels=labels, pad_token_id=pad_token_id,
+            max_position_embeddings=getattr(teacher_cfg, "max_position_embeddings", 512),
+            type_vocab_size=getattr(teacher_cfg, "type_vocab_size", 2))
+        model = model_class(config, task)(config)
+        if attn_implementation is not None:
+            model.set_attn_implementation(attn_implementation)
+        if cfg.embedding_init == "svd":
+            if teacher_word_embeddings is None and teacher is not None:
+                teacher_word_embeddings = teacher.get_input_embeddings().weight
+            if teacher_word_embeddings is None:
+                raise ConfigError("student.embedding_init: 'svd' needs the teacher's word embeddings; pass the "
+                                  "teacher or choose 'random'")
+            init_word_embeddings_svd(model, teacher_word_embeddings, center=center)
+        elif cfg.embedding_init == "teacher":
+            if teacher is None:
+                raise ConfigError("student.embedding_init: 'teacher' copies teacher weights; no teacher given")
+            _check_copyable(shape, teacher.config)
+            layers = teacher_layers_to_copy(copy_layer_map, shape.num_layers, teacher.config.num_hidden_layers)
+            copy_from_teacher(model, teacher, layers)
+        elif cfg.embedding_init != "random":
+            raise ConfigError(f"student.embedding_init: expected 'svd', 'random' or 'teacher', "
+                              f"got {cfg.embedding_init!r}")
+    if cfg.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    return model
+
+
+def init_word_embeddings_svd(model: PreTrainedModel, teacher_weight: torch.Tensor, *, center: bool = False) -> None:
+    """Overwrite the student's word embeddings [V, E] with the top-E SVD projection of the teacher's [V, D]."""
+    student_weight = model.get_input_embeddings().weight
+    vocab, width = student_weight.shape
+    if teacher_weight.shape[0] != vocab:
+        raise ConfigError(f"student.embedding_init: 'svd' needs the teacher's vocabulary; the teacher has "
+                          f"{teacher_weight.shape[0]} word embeddings, the student's tokenizer {vocab} pieces")
+    if width > teacher_weight.shape[1]:
+        raise ConfigError(f"student.embedding_size: {width} exceeds the teacher's embedding width "
+                          f"{teacher_weight.shape[1]}; SVD cannot add directions")
+    compressed = svd_compress(teacher_weight.detach().float(), width, center=center)
+    with torch.no_grad():
+        student_weight.copy_(compressed.to(student_weight.dtype))
+
+
+def _check_copyable(shape: StudentShape, teacher_config: PretrainedConfig) -> None:
+    wanted = {"hidden_size": teacher_config.hidden_size, "num_heads": teacher_config.num_attention_heads,
+              "intermediate_size": teacher_config.intermediate_size}
+    for key, value in wanted.items():
+        if getattr(shape, key) != value:
+            raise ConfigError(f"student.{key}: {getattr(shape, key)} differs from the teacher's {value}; "
+                              f"student.embedding_init 'teacher' copies layers and needs equal shapes")
+    if shape.factorized:
+        raise ConfigError(f"student.embedding_size: {shape.embedding_size} < hidden size; "
+                          f"student.embedding_init 'teacher' copies full-width embeddings")
+
+
+def copy_from_teacher(student: PreTrainedModel, teacher: PreTrainedModel, teacher_layers: Sequence[int]) -> None:
+    """Copy the embeddings and, for student layer i, teacher encoder layer `teacher_layers[i]` (0-based)."""
+    s_base, t_base = student.base_model, teacher.base_model
+    if len(teacher_layers) != len(s_base.encoder.layer):
+        raise ValueError(f"need one teacher layer per student layer ({len(s_base.encoder.layer)}), "
+                         f"got {list(teacher_layers)}")
+    pairs = [(s_base.embeddings, t_base.embeddings, "embeddings")]
+    for i, j in enumerate(teacher_layers):
+        if not 0 <= j < len(t_base.encoder.layer):
+            raise ConfigError(f"distill.layer_map: teacher layer {j} out of range 0..{len(t_base.encoder.layer) - 1}")
+        pairs.append((s_base.encoder.layer[i], t_base.encoder.layer[j], f"layer {i} <- teacher layer {j}"))
+    for dst, src, what in pairs:
+        src_state = src.state_dict()
+        for name, tensor in dst.state_dict().items():
+            if name not in src_state or src_state[name].shape != tensor.shape:
+                got = tuple(src_state[name].shape) if name in src_state else "missing"
+                raise ConfigError(f"student.embedding_init: cannot copy {what}: {name} is {tuple(tensor.shape)} "
+                                  f"in the student, {got} in the teacher")
+        with torch.no_grad():
+            for name, tensor in dst.state_dict().items():
+                tensor.copy_(src_state[name])
+
+
+def load_pretrained_student(path: str | Path, *, vocab_size: int, labels: Sequence[str], task: Task = "token",
+                            attn_implementation: str | None = None) -> PreTrainedModel:
+    """A student saved with `save_pretrained` (safetensors); a head of another label set is re-initialised."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ConfigError(f"student.init_from: {path} is not a folder")
+    if not any(folder.glob("*.safetensors")):
+        raise ConfigError(f"student.init_from: no *.safetensors weights in {path} (pickled .bin weights are "
+                          f"not loaded: unpickling can run code); re-save with save_pretrained")
+    auto = AutoModelForTokenClassification if task == "token" else AutoModelForSequenceClassification
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = auto.from_pretrained(str(folder), use_safetensors=True, ignore_mismatched_sizes=True,
+                                 **label_maps(labels), **kwargs)
+    if model.config.vocab_size != vocab_size:
+        raise ConfigError(f"student.init_from: {path} has a vocabulary of {model.config.vocab_size} pieces, the "
+                          f"tokenizer {vocab_size}; the student must keep the tokenizer's vocabulary")
+    c = model.config
+    log.info("student.init_from %s: %s, %d layers, hidden %d, embedding %d (the folder's shape; the student.* "
+             "shape fields are not used)", path, type(model).__name__, c.num_hidden_layers, c.hidden_size,
+             getattr(c, "embedding_size", c.hidden_size))
+    return model
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of distinct parameters (tied ones once); with `trainable_only` those with requires_grad."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def parameter_breakdown(model: PreTrainedModel) -> dict[str, int]:
+    """Parameters by part: word embeddings, other embeddings (+ E->H projection), encoder, head, total.
+
+    Why: with the 119,547-piece mBERT vocabulary most of a small student is word embeddings, which is what
+    factorizing and freezing them address; a run logs this split.
+    """
+    base = model.base_model
+    word = model.get_input_embeddings().weight.numel()
+    emb = count_parameters(base.embeddings) - word
+    if hasattr(base, "embeddings_project"):
+        emb += count_parameters(base.embeddings_project)
+    encoder = count_parameters(base.encoder)
+    total = count_parameters(model)
+    return {"word_embeddings": word, "other_embeddings": emb, "encoder": encoder,
+            "head": total - word - emb - encoder, "total": total}
