@@ -17,14 +17,72 @@ from xdt.errors import XdtError
 
 # Subcommands that later releases fill in; named now so that scripts and docs can rely on them.
 RESERVED = {
-    "teacher": "fine-tune a multilingual teacher (token or sequence classification)",
-    "distill": "distil a teacher into an mBERT-vocabulary student through the stage schedule",
-    "run": "teacher, distillation, export and per-language evaluation in one command",
-    "eval": "per-language WikiAnn F1 (seqeval) with reports and plots",
-    "export": "a checkpoint as a standard HF model folder",
-    "transfer": "build transfer sets with cross-lingual augmentation",
     "slurm": "submit and follow SLURM jobs",
 }
+QUICKSTART = "configs/quickstart.yaml"
+
+
+def _load_run_config(args: argparse.Namespace):
+    from xdt.assets import asset_path
+    from xdt.config import load_config
+
+    overrides = list(args.overrides)
+    config = args.config
+    if config and "=" in config and not Path(config).exists():  # `xdt run key=value`: no config file given
+        overrides.insert(0, config)
+        config = None
+    return load_config(config or asset_path(QUICKSTART), overrides)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from xdt.run import run
+
+    run(_load_run_config(args))
+    return 0
+
+
+def _teacher_train(args: argparse.Namespace) -> int:
+    from xdt.engine.distributed import is_main, shutdown
+    from xdt.run import prepare, train_teacher_step
+
+    cfg = _load_run_config(args)
+    _, _, data = prepare(cfg)
+    result = train_teacher_step(cfg, data, Path(cfg.output.dir))
+    if is_main():
+        print(json.dumps(result))
+    shutdown()
+    return 0
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from xdt.engine.distributed import is_main, shutdown
+    from xdt.errors import ConfigError
+    from xdt.run import distill_step, prepare
+
+    cfg = _load_run_config(args)
+    if not cfg.teacher.model:
+        raise ConfigError("teacher.model: `xdt distill` needs a fine-tuned teacher folder (from `xdt teacher train`, "
+                          "or use `xdt run` to do both)")
+    _, _, data = prepare(cfg)
+    result = distill_step(cfg, data, Path(cfg.teacher.model), Path(cfg.output.dir))
+    if is_main():
+        print(json.dumps({k: v for k, v in result.items() if k != "history"}))
+    shutdown()
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from xdt.models.export import export_model
+
+    print(export_model(args.checkpoint, args.out, args.tokenizer, args.overwrite))
+    return 0
+
+
+def _add_config_args(parser: argparse.ArgumentParser, optional: bool = False) -> None:
+    parser.add_argument("config", nargs="?" if optional else None,
+                        help=f"run config YAML{' (default: ' + QUICKSTART + ')' if optional else ''}")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted overrides, e.g. student.hidden_size=256 data.langs=[de,en]")
 
 
 def _data_inspect(args: argparse.Namespace) -> int:
@@ -93,6 +151,35 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print one JSON object")
     inspect.set_defaults(func=_data_inspect)
 
+    run = sub.add_parser("run", help="teacher, distillation, export and per-language eval in one command",
+                         description="With no CONFIG: configs/quickstart.yaml (mock data, offline, CPU, minutes).")
+    _add_config_args(run, optional=True)
+    run.set_defaults(func=_run)
+
+    teacher = sub.add_parser("teacher", help="fine-tune a multilingual teacher")
+    teacher_sub = teacher.add_subparsers(dest="teacher_command", metavar="ACTION", required=True)
+    train = teacher_sub.add_parser("train", help="fine-tune teacher.model (or a random BERT) on the run's data; "
+                                   "the best dev checkpoint goes to OUTPUT/teacher")
+    _add_config_args(train)
+    train.set_defaults(func=_teacher_train)
+
+    distill = sub.add_parser("distill", help="distil teacher.model into a student through the stage schedule")
+    _add_config_args(distill)
+    distill.set_defaults(func=_distill)
+
+    export = sub.add_parser("export", help="a trained student as a standard HF folder (safetensors + tokenizer)")
+    export.add_argument("checkpoint", help="run output folder, checkpoint folder or HF model folder")
+    export.add_argument("--out", required=True, help="folder to write (must not exist unless --overwrite)")
+    export.add_argument("--tokenizer", help="tokenizer folder, when the checkpoint holds none")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    export.set_defaults(func=_export)
+
+    from xdt.eval.cli import add_eval_parser
+    from xdt.transfer.cli import add_transfer_parser
+
+    add_eval_parser(sub)
+    add_transfer_parser(sub)
+
     for name, text in RESERVED.items():
         reserved = sub.add_parser(name, help=f"{text} (not in this release)")
         reserved.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -104,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("xdt").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
     except XdtError as err:

@@ -57,6 +57,7 @@ class DataConfig:
     test_split: str = "test"
     transfer: str | None = _path(default=None)  # transfer set (xdt transfer build), None: labeled train text
     max_seq_length: int = 128
+    limit: int = 0  # > 0: the first N sentences per language of train and dev (quick runs, tests); 0: all
     strict: bool = False  # fail on malformed lines instead of skipping them
     cache_dir: str | None = None  # None: $XDT_CACHE or ~/.cache/xdt
     mock: MockDataConfig = field(default_factory=MockDataConfig)
@@ -100,12 +101,12 @@ class StudentConfig:
 @dataclass
 class StageConfig:
     name: str = "stage"
-    data: Literal["transfer", "labeled"] = "transfer"
+    data: Literal["transfer", "labeled", "both"] = "transfer"  # both: distillation terms on transfer batches,
+    # the labels term on labeled batches drawn alongside (the paper's joint strategies D1, D2, D3.x stage 2)
     losses: dict[str, float] = field(default_factory=lambda: {"logits": 1.0})  # term -> weight
-    epochs: float = 1.0
-    steps: int = 0  # > 0 overrides epochs
-    gradual_unfreeze: bool = False
-    steps_per_unfreeze: int = 0  # 0: one epoch per unfreeze step
+    epochs: float = 1.0  # of the stage's data, per unfreeze step when gradual_unfreeze
+    steps: int = 0  # > 0: optimizer steps instead of epochs (per unfreeze step when gradual_unfreeze)
+    gradual_unfreeze: bool = False  # top-down, layer by layer: head, projection, top layer ... embeddings
     lr: float = 1e-3
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: int = 0
@@ -121,6 +122,13 @@ class DistillConfig:
     projection_dropout: float = 0.1
     mask_padding: bool = True  # the released code also averages over padding; see README, deviations
     batch_size: int = 32
+    # what a strategy preset gives each of its stages (explicit `stages` set their own)
+    epochs: float = 2.0  # per stage, or per unfreeze step of a stage that unfreezes gradually
+    steps: int = 0  # > 0: optimizer steps instead of epochs (per stage / unfreeze step)
+    lr: float = 1e-3
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0
+    select_every: int = 0  # steps between dev evaluations in stages that train the output; 0: end of each phase
 
 
 @dataclass

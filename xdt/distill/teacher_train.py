@@ -1,0 +1,107 @@
+"""`xdt teacher train`: fine-tune any HF encoder for token classification on one or many languages jointly.
+
+setup (ranks, model, DeepSpeed engine) -> train (steps, dev F1 every `eval_every` steps, early stopping) -> save
+(the best dev checkpoint as an HF folder) -> cleanup. The paper's teacher is one model for all 41 languages.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import deepspeed
+import torch
+
+from xdt.config import RunConfig
+from xdt.data.batching import WindowBatcher
+from xdt.distill.data import TaskData
+from xdt.distill.optim import make_optimizer, make_scheduler
+from xdt.distill.selection import dev_score
+from xdt.engine.distributed import device, init_distributed, is_main, rank, world_size
+from xdt.engine.ds_config import build_ds_config, zero_stage
+from xdt.engine.hf_save import save_hf
+from xdt.engine.metrics import MetricsLog, progress_bar
+from xdt.models.teacher import build_teacher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TeacherResult:
+    path: Path  # the best dev checkpoint, an HF folder
+    best_dev_f1: float
+    steps: int
+    stopped_early: bool
+
+
+def train_teacher(cfg: RunConfig, data: TaskData, out_dir: str | Path) -> TeacherResult:
+    # ---- setup
+    init_distributed()
+    torch.manual_seed(cfg.seed)
+    out_dir = Path(out_dir)
+    tokenizer = data.tokenizer
+    tc = cfg.teacher
+    model = build_teacher(tc, vocab_size=len(tokenizer), labels=data.labels, pad_token_id=tokenizer.pad_token_id)
+    batcher = WindowBatcher(data.train.features, tokenizer.pad_token_id)
+    world = world_size()
+    steps_per_epoch = batcher.num_batches(tc.batch_size, world)
+    total = max(1, math.ceil(tc.epochs * steps_per_epoch))
+    eval_every = tc.eval_every or steps_per_epoch
+    ds_config = build_ds_config(cfg.deepspeed, tc.batch_size, world)
+    optimizer = make_optimizer(model.parameters(), tc.lr, weight_decay=0.01)
+    scheduler = make_scheduler(optimizer, "linear", total, int(tc.warmup_ratio * total))
+    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                           config=ds_config)
+    zero3 = zero_stage(ds_config) == 3
+    metrics = MetricsLog(out_dir, "teacher", cfg.output.tensorboard)
+    best_path = out_dir / "teacher"
+
+    # ---- train
+    best, bad, step, epoch, stopped = -1.0, 0, 0, 0, False
+    progress = progress_bar(total, "teacher")
+    while step < total and not stopped:
+        for batch in batcher.epoch(tc.batch_size, cfg.seed, epoch, rank=rank(), world=world):
+            batch = {k: v.to(engine.device) for k, v in batch.items()}
+            out = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         labels=batch["labels"])
+            engine.backward(out.loss)
+            engine.step()
+            step += 1
+            progress.update(1)
+            metrics.log(step, **{"teacher/loss": out.loss.item(), "teacher/lr": scheduler.get_last_lr()[0]})
+            if step % eval_every == 0 or step == total:
+                dev = dev_score(engine.module, data.dev, data.labels, tokenizer.pad_token_id,
+                                cfg.eval.batch_size)
+                metrics.log(step, **{"teacher/dev_f1": dev.mean_f1})
+                progress.set_postfix(dev_f1=f"{dev.mean_f1:.2f}")
+                if is_main():
+                    log.info("teacher step %d/%d: loss %.4f, dev F1 %.2f", step, total, out.loss.item(), dev.mean_f1)
+                if dev.mean_f1 > best:
+                    best, bad = dev.mean_f1, 0
+                    save_hf(engine.module, best_path, tokenizer, zero3=zero3)
+                else:
+                    bad += 1
+                    if tc.early_stopping_patience and bad >= tc.early_stopping_patience:
+                        stopped = True
+                        log.info("teacher: dev F1 did not improve for %d evaluations; stopping at step %d", bad,
+                                 step)
+            if step >= total or stopped:
+                break
+        epoch += 1
+
+    # ---- cleanup
+    progress.close()
+    metrics.close()
+    engine.destroy()
+    del engine, optimizer
+    return TeacherResult(best_path, best, step, stopped)
+
+
+def teacher_device_dtype() -> tuple[torch.device, torch.dtype]:
+    """Where a frozen teacher runs during distillation: bf16 on GPUs that have it, fp32 on CPU."""
+    dev = device()
+    if dev.type == "cuda" and torch.cuda.is_bf16_supported():
+        return dev, torch.bfloat16
+    return dev, torch.float32

@@ -1,0 +1,221 @@
+"""`xdt distill`: the stage schedule, each stage (and each unfreeze step) one DeepSpeed engine.
+
+setup (ranks, teacher frozen in eval mode, student, the shared hidden-state projector)
+-> for each stage: for each unfreeze step: set what trains, build optimizer + schedule, `deepspeed.initialize`,
+   run the steps (student forward/backward, teacher forward without gradients), select on dev
+-> save the best dev student as an HF folder -> cleanup.
+
+A fresh optimizer per unfreeze step, over the parameters that train in it, is what the released code does too
+(it recompiles the model): frozen parameters get no update at all, not even weight decay or old momentum.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import deepspeed
+import torch
+from torch import nn
+
+from xdt.config import RunConfig, StageConfig
+from xdt.data.batching import WindowBatcher
+from xdt.distill.data import SplitData, TaskData
+from xdt.distill.losses import DistillLoss, HiddenProjector
+from xdt.distill.optim import make_optimizer, make_scheduler
+from xdt.distill.selection import dev_score
+from xdt.distill.strategies import resolve_stages
+from xdt.distill.unfreeze import UnfreezePlan, keep_frozen_names
+from xdt.engine.distributed import init_distributed, is_main, rank, world_size
+from xdt.engine.ds_config import build_ds_config, zero_stage
+from xdt.engine.hf_save import save_hf
+from xdt.engine.metrics import MetricsLog, progress_bar
+from xdt.errors import ConfigError
+from xdt.models.layer_map import resolve_layer_map
+
+log = logging.getLogger(__name__)
+OUTPUT_TERMS = ("logits", "labels")  # stages with these train the classifier: dev F1 means something
+
+
+class DistillStep(nn.Module):
+    """Student forward + loss in one module, so the DeepSpeed engine owns every trained parameter (the
+    projector too) and ZeRO-3 gathers them inside its forward."""
+
+    def __init__(self, student: nn.Module, distill_loss: DistillLoss | None, label_loss: DistillLoss | None):
+        super().__init__()
+        self.student = student
+        self.distill_loss = distill_loss
+        self.label_loss = label_loss
+
+    def _student(self, batch: dict, loss: DistillLoss):
+        return self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            output_hidden_states=loss.needs_hidden_states, output_attentions=loss.needs_attentions)
+
+    def forward(self, batch: dict | None, teacher_out=None, labeled: dict | None = None):
+        total = 0.0
+        terms: dict[str, torch.Tensor] = {}
+        if self.distill_loss is not None:
+            out = self._student(batch, self.distill_loss)
+            loss, t = self.distill_loss(out, teacher_out, mask=batch["word_index"] >= 0,
+                                        attention_mask=batch["attention_mask"], labels=batch["labels"])
+            total, terms = total + loss, {**terms, **t}
+        if self.label_loss is not None:
+            lab = labeled if labeled is not None else batch
+            out = self._student(lab, self.label_loss)
+            loss, t = self.label_loss(out, None, labels=lab["labels"])
+            total, terms = total + loss, {**terms, **t}
+        return total, terms
+
+
+@dataclass
+class DistillResult:
+    path: Path  # best dev student, HF folder
+    best_dev_f1: float
+    steps: int
+    history: list[dict] = field(default_factory=list)  # one entry per (stage, unfreeze step)
+
+
+def stage_losses(stage: StageConfig, cfg: RunConfig, student, teacher, projector: HiddenProjector | None,
+                 key: str) -> tuple[DistillLoss | None, DistillLoss | None]:
+    """(terms on the stage's distillation batches, the labels term on labeled batches) for one stage."""
+    weights = {k: v for k, v in stage.losses.items() if v > 0}
+    if not weights:
+        raise ConfigError(f"{key}.losses: no term has a positive weight")
+    if stage.data == "transfer" and "labels" in weights:
+        raise ConfigError(f"{key}.losses: the labels term needs labeled data; set {key}.data to labeled or both")
+    labels_w = weights.pop("labels", None) if stage.data == "both" else None
+    common = dict(student_layers=student.config.num_hidden_layers, teacher_layers=teacher.config.num_hidden_layers,
+                  student_hidden=student.config.hidden_size, teacher_hidden=teacher.config.hidden_size, key=key)
+    distill = DistillLoss.from_config(cfg.distill, weights, projector=projector, **common) if weights else None
+    labels = DistillLoss.from_config(cfg.distill, {"labels": labels_w}, **common) if labels_w else None
+    return distill, labels
+
+
+def phase_steps(stage: StageConfig, batches_per_epoch: int) -> int:
+    return stage.steps if stage.steps > 0 else max(1, math.ceil(stage.epochs * batches_per_epoch))
+
+
+def _cycle(batcher: WindowBatcher, batch_size: int, seed: int, first_epoch: int):
+    for epoch in itertools.count(first_epoch):
+        yield from batcher.epoch(batch_size, seed, epoch, rank=rank(), world=world_size())
+
+
+def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module, student: nn.Module, out_dir: str | Path,
+            teacher_device: torch.device | None = None, teacher_dtype: torch.dtype = torch.float32
+            ) -> DistillResult:
+    # ---- setup
+    init_distributed()
+    torch.manual_seed(cfg.seed)
+    out_dir = Path(out_dir)
+    tokenizer = data.tokenizer
+    stages = resolve_stages(cfg)
+    teacher.eval().requires_grad_(False)
+    teacher.to(device=teacher_device or torch.device("cpu"), dtype=teacher_dtype)
+    projector = None
+    if any(s.losses.get("hidden", 0) > 0 for s in stages):
+        pairs = resolve_layer_map(cfg.distill.layer_map, student.config.num_hidden_layers,
+                                  teacher.config.num_hidden_layers)
+        projector = HiddenProjector(pairs, student.config.hidden_size, teacher.config.hidden_size,
+                                    cfg.distill.projection_dropout)
+    bs, world = cfg.distill.batch_size, world_size()
+    ds_config = build_ds_config(cfg.deepspeed, bs, world)
+    zero3 = zero_stage(ds_config) == 3
+    batchers = {"transfer": WindowBatcher(data.transfer.features, tokenizer.pad_token_id),
+                "labeled": WindowBatcher(data.train.features, tokenizer.pad_token_id)}
+    keep_frozen = keep_frozen_names(student, cfg.student)
+    metrics = MetricsLog(out_dir, "distill", cfg.output.tensorboard)
+    best_path = out_dir / "student_best"
+    best, global_step, history = -1.0, 0, []
+
+    for s_idx, stage in enumerate(stages):
+        key = f"stages.{s_idx}" if cfg.distill.strategy is None else f"distill.strategy {cfg.distill.strategy} " \
+                                                                      f"stage {s_idx} ({stage.name})"
+        uses_hidden = stage.losses.get("hidden", 0) > 0
+        distill_loss, label_loss = stage_losses(stage, cfg, student, teacher, projector if uses_hidden else None,
+                                                key)
+        module = DistillStep(student, distill_loss, label_loss)
+        if projector is not None and not uses_hidden:
+            projector.requires_grad_(False)
+        plan = UnfreezePlan(student, projector if uses_hidden else None, keep_frozen)
+        main_data = "labeled" if stage.data == "labeled" else "transfer"
+        phases = list(range(plan.num_steps)) if stage.gradual_unfreeze else [None]
+        trains_output = any(t in stage.losses and stage.losses[t] > 0 for t in OUTPUT_TERMS)
+
+        for phase in phases:
+            # ---- one unfreeze step: what trains, optimizer, schedule, engine
+            trainable = plan.apply(phase) if phase is not None else plan.apply_all()
+            params = [p for p in module.parameters() if p.requires_grad]
+            steps = phase_steps(stage, batchers[main_data].num_batches(bs, world))
+            optimizer = make_optimizer(params, stage.lr)
+            scheduler = make_scheduler(optimizer, stage.schedule, steps, stage.warmup_steps)
+            engine, optimizer, _, scheduler = deepspeed.initialize(model=module, optimizer=optimizer,
+                                                                   model_parameters=params,
+                                                                   lr_scheduler=scheduler, config=ds_config)
+            label = f"{stage.name}" + (f" [{plan.group_names[phase]}]" if phase is not None else "")
+            progress = progress_bar(steps, f"S{s_idx + 1} {label}")
+            seed = cfg.seed + 1000 * s_idx + (phase or 0)
+            main_iter = _cycle(batchers[main_data], bs, seed, 0)
+            labeled_iter = _cycle(batchers["labeled"], bs, seed + 7, 0) if stage.data == "both" else None
+            losses = []
+            for _ in range(steps):
+                batch = {k: v.to(engine.device) for k, v in next(main_iter).items()}
+                labeled = ({k: v.to(engine.device) for k, v in next(labeled_iter).items()}
+                           if labeled_iter is not None else None)
+                teacher_out = None
+                if distill_loss is not None and distill_loss.needs_teacher:
+                    with torch.no_grad():
+                        teacher_out = teacher(input_ids=batch["input_ids"].to(teacher.device),
+                                              attention_mask=batch["attention_mask"].to(teacher.device),
+                                              output_hidden_states=distill_loss.needs_hidden_states,
+                                              output_attentions=distill_loss.needs_attentions)
+                    teacher_out = _to(teacher_out, engine.device)
+                loss, terms = engine(batch, teacher_out, labeled)
+                engine.backward(loss)
+                engine.step()
+                global_step += 1
+                losses.append(loss.item())
+                progress.update(1)
+                metrics.log(global_step, **{"distill/loss": losses[-1], "distill/stage": s_idx,
+                                            "distill/lr": scheduler.get_last_lr()[0],
+                                            **{f"distill/{k}": v.item() for k, v in terms.items()}})
+            progress.close()
+            entry = {"stage": s_idx, "name": stage.name, "phase": phase, "group": label, "steps": steps,
+                     "trainable": len(trainable), "first_loss": losses[0], "last_loss": losses[-1]}
+            if trains_output:
+                dev = dev_score(student, data.dev, data.labels, tokenizer.pad_token_id, cfg.eval.batch_size)
+                entry["dev_f1"] = dev.mean_f1
+                metrics.log(global_step, **{"distill/dev_f1": dev.mean_f1})
+                if dev.mean_f1 > best:
+                    best = dev.mean_f1
+                    save_hf(student, best_path, tokenizer, zero3=zero3)
+            history.append(entry)
+            if is_main():
+                log.info("stage %d %s: loss %.4f -> %.4f%s", s_idx + 1, label, losses[0], losses[-1],
+                         f", dev F1 {entry['dev_f1']:.2f}" if "dev_f1" in entry else "")
+            engine.destroy()  # removes ZeRO's gradient hooks: the next unfreeze step builds its own engine
+            del engine, optimizer, scheduler
+
+    if best < 0:  # no stage trained the output: keep the final student
+        save_hf(student, best_path, tokenizer, zero3=zero3)
+    metrics.close()
+    return DistillResult(best_path, best, global_step, history)
+
+
+def _to(output, dev: torch.device):
+    """Teacher outputs (logits, hidden states, attentions) on the student's device, in float32."""
+    def move(x):
+        if x is None:
+            return None
+        if isinstance(x, (tuple, list)):
+            return type(x)(move(t) for t in x)
+        return x.to(device=dev, dtype=torch.float32)
+
+    return {"logits": move(output.logits), "hidden_states": move(getattr(output, "hidden_states", None)),
+            "attentions": move(getattr(output, "attentions", None))}
+
+
+def split_languages(split: SplitData) -> list[str]:
+    return sorted(set(split.langs))

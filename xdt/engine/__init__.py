@@ -1,0 +1,1 @@
+"""DeepSpeed set-up, ranks, checkpoints and signals."""

@@ -1,0 +1,70 @@
+"""The DeepSpeed config a run uses: a file of `ds_configs/` with the run's values filled in.
+
+Batch sizes, gradient accumulation, clipping and precision come from the run config, so the JSON never holds
+"auto" when `deepspeed.initialize` sees it; a file that contradicts itself is refused with the key named.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from xdt.assets import project_root
+from xdt.config import DeepSpeedConfig
+from xdt.errors import ConfigError
+
+PRECISION_KEYS = {"bf16": "bf16", "fp16": "fp16"}
+
+
+def resolve_path(path: str) -> Path:
+    p = Path(path)
+    if p.exists():
+        return p
+    if (project_root() / p).exists():
+        return project_root() / p
+    raise ConfigError(f"deepspeed.config: {path!r} does not exist")
+
+
+def build_ds_config(cfg: DeepSpeedConfig, micro_batch_size: int, world_size: int) -> dict:
+    path = resolve_path(cfg.config)
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"deepspeed.config: {path} is not valid JSON: {err}") from None
+    accum = cfg.gradient_accumulation_steps
+    if accum < 1:
+        raise ConfigError(f"deepspeed.gradient_accumulation_steps: expected >= 1, got {accum}")
+    for key, want in (("train_micro_batch_size_per_gpu", micro_batch_size), ("gradient_accumulation_steps", accum),
+                      ("train_batch_size", micro_batch_size * accum * world_size)):
+        if key in ds and ds[key] not in ("auto", want):
+            raise ConfigError(f"deepspeed.config: {path} sets {key}={ds[key]} but the run needs {want} "
+                              f"(micro batch {micro_batch_size} x accumulation {accum} x {world_size} ranks); "
+                              "remove the key, xdt fills it")
+        ds[key] = want
+    ds["gradient_clipping"] = cfg.gradient_clipping
+    for name in ("bf16", "fp16"):
+        ds[name] = {**ds.get(name, {}), "enabled": cfg.precision == name}
+    zero = ds.get("zero_optimization", {})
+    stage = zero.get("stage", 0)
+    if stage == 0 and ("offload_optimizer" in zero or "offload_param" in zero):
+        raise ConfigError(f"deepspeed.config: {path} offloads on ZeRO stage 0; offload needs stage 1-3 "
+                          "(parameters: stage 3)")
+    if "offload_param" in zero and stage != 3:
+        raise ConfigError(f"deepspeed.config: {path} offloads parameters on ZeRO stage {stage}; only stage 3 can")
+    leftover = [k for k, v in _walk(ds) if v == "auto"]
+    if leftover:
+        raise ConfigError(f"deepspeed.config: {path} leaves {', '.join(leftover)} as \"auto\"; xdt fills only "
+                          "batch sizes, accumulation, clipping and precision")
+    return ds
+
+
+def _walk(node, prefix=""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _walk(v, f"{prefix}.{k}" if prefix else k)
+    else:
+        yield prefix, node
+
+
+def zero_stage(ds: dict) -> int:
+    return int(ds.get("zero_optimization", {}).get("stage", 0))

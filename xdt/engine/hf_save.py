@@ -1,0 +1,49 @@
+"""Saving the model a DeepSpeed engine trains as a standard HF folder (safetensors), atomically, from rank 0."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from xdt.engine.distributed import barrier, is_main
+
+
+def save_hf(model: torch.nn.Module, out: str | Path, tokenizer=None, zero3: bool = False) -> Path:
+    """`model.save_pretrained(out)` (+ tokenizer), replacing `out` only once the new folder is complete.
+
+    Under ZeRO-3 each rank holds a shard of every parameter: they are gathered first (a collective: every rank
+    must call this), and rank 0 writes.
+    """
+    out = Path(out)
+    if zero3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            if is_main():
+                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                _write(model, out, tokenizer, state)
+    elif is_main():
+        _write(model, out, tokenizer, None)
+    barrier()
+    return out
+
+
+def _write(model, out: Path, tokenizer, state_dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        old = out.with_name(f".{out.name}.old")
+        if out.exists():
+            os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

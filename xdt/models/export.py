@@ -1,0 +1,82 @@
+"""`xdt export`: a trained student as a standard HF folder that loads with no xdt import.
+
+The folder holds safetensors weights, a config with `id2label`/`label2id` (ELECTRA's `embedding_size` for
+factorized students) and the tokenizer files. The export is checked by reloading it with plain transformers and
+comparing logits on a probe batch with the source model's.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from xdt.errors import XdtError
+
+TASK_CLASSES = {"token": "AutoModelForTokenClassification", "sequence": "AutoModelForSequenceClassification"}
+
+
+def find_model_folder(checkpoint: str | Path) -> Path:
+    """The HF folder inside what a user calls a checkpoint: a run folder, a checkpoint tag, or the folder itself."""
+    path = Path(checkpoint)
+    if not path.exists():
+        raise XdtError(f"{path}: checkpoint not found")
+    for candidate in (path, path / "student_best", path / "hf", path / "student"):
+        if (candidate / "config.json").is_file() and any(candidate.glob("*.safetensors")):
+            return candidate
+    raise XdtError(f"{path}: no HF model folder here (expected config.json with *.safetensors in it, or in its "
+                   "student_best/ or hf/ subfolder)")
+
+
+def _task(config) -> str:
+    archs = " ".join(config.architectures or [])
+    return "sequence" if "SequenceClassification" in archs else "token"
+
+
+def export_model(checkpoint: str | Path, out: str | Path, tokenizer_dir: str | Path | None = None,
+                 overwrite: bool = False) -> Path:
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    src = find_model_folder(checkpoint)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise XdtError(f"{out}: exists and is not empty; choose another --out or pass --overwrite")
+    config = AutoConfig.from_pretrained(str(src))
+    generic = all(str(v).startswith("LABEL_") for v in (config.id2label or {}).values())
+    if not config.id2label or generic:
+        raise XdtError(f"{src}/config.json: id2label is missing or generic ({config.id2label}); the export needs "
+                       "label names")
+    auto = getattr(transformers, TASK_CLASSES[_task(config)])
+    model = auto.from_pretrained(str(src), use_safetensors=True).eval()
+    tok_src = Path(tokenizer_dir) if tokenizer_dir else src
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_src))
+    except (OSError, ValueError) as err:
+        raise XdtError(f"{tok_src}: no tokenizer to export with the model ({err}); pass --tokenizer DIR") from err
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        _check_reload(model, tokenizer, tmp, auto)
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(tmp), str(out))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _check_reload(model, tokenizer, folder: Path, auto) -> None:
+    probe = tokenizer(["xdt export check", "a"], padding=True, return_tensors="pt")
+    reloaded = auto.from_pretrained(str(folder), use_safetensors=True).eval()
+    with torch.no_grad():
+        a = model(**{k: probe[k] for k in ("input_ids", "attention_mask")}).logits
+        b = reloaded(**{k: probe[k] for k in ("input_ids", "attention_mask")}).logits
+    if not torch.equal(a, b):
+        raise XdtError(f"{folder}: the exported model does not reproduce the source's logits "
+                       f"(max difference {float((a - b).abs().max()):.3g})")

@@ -1,0 +1,125 @@
+"""`xdt run`: teacher, distillation stages, export and the per-language eval report, in one command.
+
+Each step is one function of its own module; this file only chains them and records what each produced in
+`OUTPUT/run.json`:
+  data (mock or real) -> teacher fine-tuning (xdt.distill.teacher_train) -> student (xdt.models.student)
+  -> distillation stages (xdt.distill.train) -> export (xdt.models.export) -> evaluation (xdt.eval.run).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from xdt.config import RunConfig
+from xdt.engine.distributed import init_distributed, is_main, shutdown
+
+log = logging.getLogger(__name__)
+
+
+def prepare(cfg: RunConfig):
+    """(data folder, tokenizer, task data) for a run: mock data and vocabulary generated when asked."""
+    from xdt.data.mock import materialize_mock
+    from xdt.data.tokenizer import load_tokenizer
+    from xdt.distill.data import load_task_data
+
+    data_dir, tok_dir = materialize_mock(cfg)
+    tokenizer = load_tokenizer(tok_dir)
+    return data_dir, tokenizer, load_task_data(cfg, str(data_dir), tokenizer)
+
+
+def load_teacher_model(path: str | Path, labels: list[str], eager: bool):
+    """A fine-tuned teacher folder for inference. Its label order must be the run's."""
+    from transformers import AutoModelForTokenClassification
+
+    from xdt.errors import XdtError
+
+    kwargs = {"attn_implementation": "eager"} if eager else {}
+    model = AutoModelForTokenClassification.from_pretrained(str(path), use_safetensors=True, **kwargs)
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if names != list(labels):
+        raise XdtError(f"{path}: teacher labels {names} differ from the data's {labels}; fine-tune the teacher on "
+                       "this label set (xdt teacher train)")
+    return model
+
+
+def train_teacher_step(cfg: RunConfig, data, out: Path) -> dict:
+    from xdt.distill.teacher_train import train_teacher
+
+    result = train_teacher(cfg, data, out)
+    return {"path": str(result.path), "best_dev_f1": result.best_dev_f1, "steps": result.steps,
+            "stopped_early": result.stopped_early}
+
+
+def distill_step(cfg: RunConfig, data, teacher_dir: Path, out: Path) -> dict:
+    from xdt.distill.teacher_train import teacher_device_dtype
+    from xdt.distill.train import distill
+    from xdt.models.student import build_student, count_parameters
+
+    eager = cfg.distill.attention_loss != "none"
+    teacher = load_teacher_model(teacher_dir, data.labels, eager)
+    student = build_student(cfg.student, vocab_size=len(data.tokenizer), labels=data.labels, teacher=teacher,
+                            pad_token_id=data.tokenizer.pad_token_id,
+                            attn_implementation="eager" if eager else None)
+    dev, dtype = teacher_device_dtype()
+    result = distill(cfg, data, teacher, student, out, dev, dtype)
+    return {"path": str(result.path), "best_dev_f1": result.best_dev_f1, "steps": result.steps,
+            "history": result.history, "teacher_parameters": count_parameters(teacher),
+            "student_parameters": count_parameters(student)}
+
+
+def evaluate_step(cfg: RunConfig, student_dir: Path, teacher_dir: Path, data_dir: Path, out: Path) -> dict:
+    from xdt.eval.run import EvalOptions, evaluate
+
+    opts = EvalOptions(model=str(student_dir), teacher=str(teacher_dir), data=[str(data_dir)], out=str(out),
+                       suite=cfg.eval.suite, langs=None if cfg.eval.suite else cfg.data.langs,
+                       split=cfg.eval.split, format=cfg.data.format, batch_size=cfg.eval.batch_size,
+                       max_seq_length=cfg.data.max_seq_length, progress=is_main(),
+                       allow_missing=cfg.eval.suite is not None)
+    return evaluate(opts)
+
+
+def run(cfg: RunConfig) -> dict:
+    from xdt.eval.report import summary_lines
+    from xdt.models.export import export_model
+
+    init_distributed()
+    out = Path(cfg.output.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    data_dir, tokenizer, data = prepare(cfg)
+    timings["data_s"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    if cfg.teacher.model and cfg.teacher.epochs == 0:  # an already fine-tuned teacher
+        teacher = {"path": cfg.teacher.model, "trained": False}
+    else:
+        teacher = train_teacher_step(cfg, data, out)
+    timings["teacher_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    distilled = distill_step(cfg, data, Path(teacher["path"]), out)
+    timings["distill_s"] = time.perf_counter() - t
+
+    summary = {"config": asdict(cfg), "data": str(data_dir), "labels": data.labels, "teacher": teacher,
+               "distill": distilled}
+    if is_main():
+        t = time.perf_counter()
+        student_dir = export_model(distilled["path"], out / "student", overwrite=True)
+        timings["export_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        report = evaluate_step(cfg, student_dir, Path(teacher["path"]), data_dir, out / "eval")
+        timings["eval_s"] = time.perf_counter() - t
+        summary.update({"student": str(student_dir), "eval": str(out / "eval" / "report.json"),
+                        "mean_f1": report["mean_f1"], "teacher_mean_f1": report.get("teacher", {}).get("mean_f1")})
+        timings["total_s"] = time.perf_counter() - t0
+        summary["timing"] = {k: round(v, 2) for k, v in timings.items()}
+        (out / "run.json").write_text(json.dumps(summary, indent=2, default=str))
+        print("\n".join(summary_lines(report)))
+        print(f"report: {out / 'eval' / 'report.md'}  student: {student_dir}  ({timings['total_s']:.0f} s)")
+    shutdown()
+    return summary
