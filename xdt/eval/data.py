@@ -1,0 +1,89 @@
+"""The evaluation data: for each requested language, its sentences and the files they came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xdt.data.cache import file_digest
+from xdt.data.discover import canonical_split, discover, read_source
+from xdt.data.readers import ReadOptions, ReadReport
+from xdt.data.sentence import Sentence
+from xdt.errors import XdtError
+
+
+@dataclass
+class LangData:
+    lang: str
+    sentences: list[Sentence] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    formats: list[str] = field(default_factory=list)
+    total_sentences: int = 0  # in the files, before --max-sentences
+
+    @property
+    def words(self) -> int:
+        return sum(len(s.words) for s in self.sentences)
+
+    def tags(self) -> set[str]:
+        return {t for s in self.sentences for t in (s.tags or ())}
+
+    def content_id(self, max_sentences: int | None) -> str | None:
+        """What decides the aligned features, for the cache; None when a source is not a plain file."""
+        if not all(Path(f).is_file() for f in self.files):
+            return None
+        digests = ",".join(file_digest(f) for f in self.files)
+        return f"eval|{digests}|{','.join(self.formats)}|{self.lang}|{max_sentences}"
+
+
+@dataclass
+class EvalData:
+    languages: dict[str, LangData]  # in the requested order, found languages only
+    missing: list[str]
+    paths: list[str]
+    split: str
+    skipped: list[str]  # malformed lines the readers skipped (file:line: reason)
+
+
+def load_eval_data(paths: list[str], split: str, langs: list[str] | None, fmt: str | None = None,
+                   max_sentences: int | None = None) -> EvalData:
+    """Read `split` for `langs` (every language found when None) from one or more data paths.
+
+    A language found under two paths is ambiguous and an error; a requested language found nowhere is `missing`.
+    Tags are read as any IOB tag: they are checked against the model's labels by name later."""
+    split = canonical_split(split)
+    opts = ReadOptions(labels=None)
+    report = ReadReport()
+    wanted = set(langs) if langs else None
+    found: dict[str, LangData] = {}
+    owner: dict[str, str] = {}  # lang -> the data path it came from
+    for path in paths:
+        for source in discover(path, split, fmt):
+            if wanted is not None and source.lang is not None and source.lang not in wanted:
+                continue
+            per_source: dict[str, list[Sentence]] = {}
+            for sentence in read_source(source, opts, report):
+                if sentence.tags is None:
+                    raise XdtError(f"{source.path}: unlabeled text (format {source.format}); evaluation needs "
+                                   "tagged sentences (token<TAB>tag)")
+                if wanted is None or sentence.lang in wanted:
+                    per_source.setdefault(sentence.lang, []).append(sentence)
+            for lang, sentences in per_source.items():
+                if owner.setdefault(lang, path) != path:
+                    raise XdtError(f"language {lang!r} has {split} data under two paths, {owner[lang]} and {path} "
+                                   f"({source.path}); pass each language once")
+                data = found.setdefault(lang, LangData(lang))
+                data.sentences += sentences
+                data.files.append(source.path)
+                data.formats.append(source.format)
+    order = list(langs) if langs else sorted(found)
+    languages: dict[str, LangData] = {}
+    for lang in order:
+        if lang in found:
+            data = found[lang]
+            data.total_sentences = len(data.sentences)
+            if max_sentences is not None:
+                data.sentences = data.sentences[:max_sentences]
+            languages[lang] = data
+    missing = [lang for lang in order if lang not in found]
+    return EvalData(languages=languages, missing=missing, paths=[str(p) for p in paths], split=split,
+                    skipped=report.skipped)

@@ -1,0 +1,70 @@
+"""Word-level predictions: aligned windows -> length-sorted batches with dynamic padding -> one label per word.
+
+Every word has exactly one prediction slot (its first sub-word, `AlignedFeatures.word_index >= 0`), in exactly
+one window (long sentences are split into windows by the Aligner), so every word of the data is scored once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from xdt.data.align import AlignedFeatures
+from xdt.data.sentence import Sentence
+from xdt.errors import XdtError
+
+
+def padded_batches(features: AlignedFeatures, batch_size: int, pad_id: int):
+    """(window indices, input_ids [b, L], attention_mask [b, L], word_index [b, L]) over windows sorted by length,
+    longest first: each batch is padded only to its own longest window, and an out-of-memory shows at once."""
+    lengths = features.window_lengths()
+    order = np.argsort(-lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = int(lengths[idx[0]])
+        ids = np.full((len(idx), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(idx), width), dtype=np.int64)
+        words = np.full((len(idx), width), -1, dtype=np.int64)
+        for row, k in enumerate(idx):
+            lo, hi = features.offsets[k], features.offsets[k + 1]
+            ids[row, :hi - lo] = features.input_ids[lo:hi]
+            mask[row, :hi - lo] = 1
+            words[row, :hi - lo] = features.word_index[lo:hi]
+        yield idx, ids, mask, words
+
+
+@torch.inference_mode()
+def predict_label_ids(model: torch.nn.Module, features: AlignedFeatures, batch_size: int, pad_id: int,
+                      device: torch.device, progress=None) -> np.ndarray:
+    """The argmax label id of every word, flat in sentence order (sentence 0's words, then sentence 1's, ...)."""
+    word_start = np.zeros(len(features.sentence_words) + 1, dtype=np.int64)
+    np.cumsum(features.sentence_words, out=word_start[1:])
+    total = int(word_start[-1])
+    if features.aligned_words() != total:
+        raise XdtError(f"internal: {features.aligned_words()} prediction slots for {total} words; the aligner "
+                       "must give every word exactly one slot")
+    out = np.full(total, -1, dtype=np.int64)
+    for idx, ids, mask, words in padded_batches(features, batch_size, pad_id):
+        logits = model(input_ids=torch.from_numpy(ids).to(device),
+                       attention_mask=torch.from_numpy(mask).to(device)).logits
+        best = logits.argmax(-1).cpu().numpy()
+        slots = words >= 0
+        position = word_start[features.window_sentence[idx]][:, None] + words
+        out[position[slots]] = best[slots]
+        if progress is not None:
+            progress.update(int(slots.sum()))
+    if (out < 0).any():
+        raise XdtError(f"internal: {int((out < 0).sum())} words got no prediction")
+    return out
+
+
+def to_label_names(flat_ids: np.ndarray, sentences: Sequence[Sentence], id2label: dict[int, str]) -> list[list[str]]:
+    names = np.array([id2label.get(i, f"LABEL_{i}") for i in range(max(id2label) + 1)], dtype=object)
+    flat = names[flat_ids]
+    out, pos = [], 0
+    for s in sentences:
+        out.append(list(flat[pos:pos + len(s.words)]))
+        pos += len(s.words)
+    return out
