@@ -88,7 +88,8 @@ def test_each_unfreeze_step_on_deepspeed_changes_exactly_its_parameters(mock_tas
     teacher, student = _models(cfg, data)
     loss = DistillLoss.from_config(cfg.distill, {"logits": 1.0}, student_layers=2, teacher_layers=2,
                                    student_hidden=16, teacher_hidden=32)
-    module = DistillStep(student, loss, None)
+    module = DistillStep(student, None)
+    module.set_losses(loss, None)
     plan = UnfreezePlan(student)
     from xdt.data.batching import WindowBatcher
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from xdt import __version__
-from xdt.errors import XdtError
+from xdt.errors import Preempted, XdtError
 
 # Subcommands that later releases fill in; named now so that scripts and docs can rely on them.
 RESERVED = {
@@ -31,6 +31,8 @@ def _load_run_config(args: argparse.Namespace):
     if config and "=" in config and not Path(config).exists():  # `xdt run key=value`: no config file given
         overrides.insert(0, config)
         config = None
+    if getattr(args, "resume", None):
+        overrides.append(f"output.resume={args.resume}")
     return load_config(config or asset_path(QUICKSTART), overrides)
 
 
@@ -83,6 +85,8 @@ def _add_config_args(parser: argparse.ArgumentParser, optional: bool = False) ->
                         help=f"run config YAML{' (default: ' + QUICKSTART + ')' if optional else ''}")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides, e.g. student.hidden_size=256 data.langs=[de,en]")
+    parser.add_argument("--resume", choices=["auto", "never"],
+                        help="auto: continue from the newest complete checkpoint in output.dir (output.resume)")
 
 
 def _data_inspect(args: argparse.Namespace) -> int:
@@ -198,5 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     except XdtError as err:
         print(f"xdt: error: {err}", file=sys.stderr)
         return 2
+    except Preempted as stop:  # checkpoint saved; the run continues with --resume auto
+        from xdt.engine.preemption import EXIT_REQUEUE
+
+        print(f"xdt: stopped: {stop}", file=sys.stderr)
+        return EXIT_REQUEUE
     except BrokenPipeError:  # `xdt data inspect ... | head`
         return 0

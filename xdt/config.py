@@ -142,8 +142,10 @@ class DeepSpeedConfig:
 @dataclass
 class OutputConfig:
     dir: str = "runs/quickstart"
-    checkpoint_every: int = 0  # steps; 0: only at stage boundaries
-    keep_last: int = 2
+    checkpoint_every: int = 0  # steps; 0: only at the end of every stage and unfreeze step
+    keep_last: int = 2  # complete checkpoints kept per loop (teacher, distill); 0 keeps all
+    resume: Literal["never", "auto"] = "never"  # auto: continue from the newest complete checkpoint
+    stop_file: str = "STOP"  # under output.dir: `touch` it and the run saves and stops at its next step
     tensorboard: bool = True
 
 

@@ -21,3 +21,7 @@ class DataError(XdtError):
         self.line = line
         where = f"{path}:{line}" if line is not None else str(path)
         super().__init__(f"{where}: {message}")
+
+
+class Preempted(Exception):
+    """A signal or the stop file ended the run after a checkpoint was saved; the CLI exits with EXIT_REQUEUE."""

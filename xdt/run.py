@@ -14,6 +14,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from xdt.config import RunConfig
 from xdt.engine.distributed import init_distributed, is_main, shutdown
 
@@ -47,11 +49,18 @@ def load_teacher_model(path: str | Path, labels: list[str], eager: bool):
 
 
 def train_teacher_step(cfg: RunConfig, data, out: Path) -> dict:
+    """Fine-tune the teacher, or (resuming) take the one an earlier attempt of this run finished."""
     from xdt.distill.teacher_train import train_teacher
 
+    done = out / "teacher_done.json"
+    if cfg.output.resume == "auto" and done.exists():
+        return json.loads(done.read_text())
     result = train_teacher(cfg, data, out)
-    return {"path": str(result.path), "best_dev_f1": result.best_dev_f1, "steps": result.steps,
-            "stopped_early": result.stopped_early}
+    summary = {"path": str(result.path), "best_dev_f1": result.best_dev_f1, "steps": result.steps,
+               "stopped_early": result.stopped_early}
+    if is_main():
+        done.write_text(json.dumps(summary))
+    return summary
 
 
 def distill_step(cfg: RunConfig, data, teacher_dir: Path, out: Path) -> dict:
@@ -61,6 +70,7 @@ def distill_step(cfg: RunConfig, data, teacher_dir: Path, out: Path) -> dict:
 
     eager = cfg.distill.attention_loss != "none"
     teacher = load_teacher_model(teacher_dir, data.labels, eager)
+    torch.manual_seed(cfg.seed)  # the student's random initialisation is part of what a seed reproduces
     student = build_student(cfg.student, vocab_size=len(data.tokenizer), labels=data.labels, teacher=teacher,
                             pad_token_id=data.tokenizer.pad_token_id,
                             attn_implementation="eager" if eager else None)

@@ -19,10 +19,14 @@ from xdt.data.batching import WindowBatcher
 from xdt.distill.data import TaskData
 from xdt.distill.optim import make_optimizer, make_scheduler
 from xdt.distill.selection import dev_score
-from xdt.engine.distributed import device, init_distributed, is_main, rank, world_size
+from xdt.engine.distributed import device, init_distributed, is_main, world_size
 from xdt.engine.ds_config import build_ds_config, zero_stage
 from xdt.engine.hf_save import save_hf
+from xdt.distill.train import batches_from, resume_point
+from xdt.engine.checkpoint import Checkpointer
 from xdt.engine.metrics import MetricsLog, progress_bar
+from xdt.engine.preemption import Preemption
+from xdt.errors import Preempted
 from xdt.models.teacher import build_teacher
 
 log = logging.getLogger(__name__)
@@ -55,44 +59,59 @@ def train_teacher(cfg: RunConfig, data: TaskData, out_dir: str | Path) -> Teache
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                            config=ds_config)
     zero3 = zero_stage(ds_config) == 3
-    metrics = MetricsLog(out_dir, "teacher", cfg.output.tensorboard)
     best_path = out_dir / "teacher"
+    ckpt = Checkpointer(out_dir / "checkpoints" / "teacher", cfg.output.keep_last)
+    resume = resume_point(ckpt, cfg.output.resume)
+    pos = {"step": 0, "best": -1.0, "bad": 0, "global_step": 0}
+    if resume:
+        ckpt.load(engine, resume[0])
+        pos = resume[1]
+        if is_main():
+            log.info("resuming teacher training from %s (step %d)", resume[0], pos["step"])
+    metrics = MetricsLog(out_dir, "teacher", cfg.output.tensorboard, resume_step=pos["step"] if resume else None)
+    preempt = Preemption(out_dir / cfg.output.stop_file).install()
 
     # ---- train
-    best, bad, step, epoch, stopped = -1.0, 0, 0, 0, False
+    best, bad, step = pos["best"], pos["bad"], pos["step"]
+    stopped = bool(tc.early_stopping_patience) and bad >= tc.early_stopping_patience
     progress = progress_bar(total, "teacher")
+    progress.update(step)
+    batches = batches_from(batcher, tc.batch_size, cfg.seed, step)
     while step < total and not stopped:
-        for batch in batcher.epoch(tc.batch_size, cfg.seed, epoch, rank=rank(), world=world):
-            batch = {k: v.to(engine.device) for k, v in batch.items()}
-            out = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         labels=batch["labels"])
-            engine.backward(out.loss)
-            engine.step()
-            step += 1
-            progress.update(1)
-            metrics.log(step, **{"teacher/loss": out.loss.item(), "teacher/lr": scheduler.get_last_lr()[0]})
-            if step % eval_every == 0 or step == total:
-                dev = dev_score(engine.module, data.dev, data.labels, tokenizer.pad_token_id,
-                                cfg.eval.batch_size)
-                metrics.log(step, **{"teacher/dev_f1": dev.mean_f1})
-                progress.set_postfix(dev_f1=f"{dev.mean_f1:.2f}")
-                if is_main():
-                    log.info("teacher step %d/%d: loss %.4f, dev F1 %.2f", step, total, out.loss.item(), dev.mean_f1)
-                if dev.mean_f1 > best:
-                    best, bad = dev.mean_f1, 0
-                    save_hf(engine.module, best_path, tokenizer, zero3=zero3)
-                else:
-                    bad += 1
-                    if tc.early_stopping_patience and bad >= tc.early_stopping_patience:
-                        stopped = True
-                        log.info("teacher: dev F1 did not improve for %d evaluations; stopping at step %d", bad,
-                                 step)
-            if step >= total or stopped:
-                break
-        epoch += 1
+        batch = {k: v.to(engine.device) for k, v in next(batches).items()}
+        out = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        engine.backward(out.loss)
+        engine.step()
+        step += 1
+        progress.update(1)
+        metrics.log(step, **{"teacher/loss": out.loss.item(), "teacher/lr": scheduler.get_last_lr()[0]})
+        evaluated = step % eval_every == 0 or step == total
+        if evaluated:
+            dev = dev_score(engine.module, data.dev, data.labels, tokenizer.pad_token_id, cfg.eval.batch_size)
+            metrics.log(step, **{"teacher/dev_f1": dev.mean_f1})
+            progress.set_postfix(dev_f1=f"{dev.mean_f1:.2f}")
+            if is_main():
+                log.info("teacher step %d/%d: loss %.4f, dev F1 %.2f", step, total, out.loss.item(), dev.mean_f1)
+            if dev.mean_f1 > best:
+                best, bad = dev.mean_f1, 0
+                save_hf(engine.module, best_path, tokenizer, zero3=zero3)
+            else:
+                bad += 1
+                if tc.early_stopping_patience and bad >= tc.early_stopping_patience:
+                    stopped = True
+                    log.info("teacher: dev F1 did not improve for %d evaluations; stopping at step %d", bad, step)
+        position = {"step": step, "best": best, "bad": bad, "global_step": step}
+        if preempt.should_stop(step):
+            ckpt.save(engine, f"step{step}", position)
+            requeued = preempt.requeue() if is_main() else False
+            raise Preempted(f"teacher saved at step {step} ({preempt.reason})"
+                            + ("; SLURM job requeued" if requeued else ""))
+        if evaluated or (cfg.output.checkpoint_every and step % cfg.output.checkpoint_every == 0):
+            ckpt.save(engine, f"step{step}", position)
 
     # ---- cleanup
     progress.close()
+    preempt.uninstall()
     metrics.close()
     engine.destroy()
     del engine, optimizer

@@ -33,7 +33,9 @@ from xdt.engine.distributed import init_distributed, is_main, rank, world_size
 from xdt.engine.ds_config import build_ds_config, zero_stage
 from xdt.engine.hf_save import save_hf
 from xdt.engine.metrics import MetricsLog, progress_bar
-from xdt.errors import ConfigError
+from xdt.engine.checkpoint import Checkpointer
+from xdt.engine.preemption import Preemption
+from xdt.errors import ConfigError, Preempted, XdtError
 from xdt.models.layer_map import resolve_layer_map
 
 log = logging.getLogger(__name__)
@@ -42,30 +44,37 @@ OUTPUT_TERMS = ("logits", "labels")  # stages with these train the classifier: d
 
 class DistillStep(nn.Module):
     """Student forward + loss in one module, so the DeepSpeed engine owns every trained parameter (the
-    projector too) and ZeRO-3 gathers them inside its forward."""
+    projector too) and ZeRO-3 gathers them inside its forward.
 
-    def __init__(self, student: nn.Module, distill_loss: DistillLoss | None, label_loss: DistillLoss | None):
+    Registered submodules are the student and the projector only, the same in every stage, so any checkpoint
+    loads into any stage's engine; the stage's loss modules are plain attributes set with `set_losses`."""
+
+    def __init__(self, student: nn.Module, projector: HiddenProjector | None):
         super().__init__()
         self.student = student
-        self.distill_loss = distill_loss
-        self.label_loss = label_loss
+        self.projector = projector
+        self._losses: tuple[DistillLoss | None, DistillLoss | None] = (None, None)
+
+    def set_losses(self, distill_loss: DistillLoss | None, label_loss: DistillLoss | None) -> None:
+        self._losses = (distill_loss, label_loss)
 
     def _student(self, batch: dict, loss: DistillLoss):
         return self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                             output_hidden_states=loss.needs_hidden_states, output_attentions=loss.needs_attentions)
 
     def forward(self, batch: dict | None, teacher_out=None, labeled: dict | None = None):
+        distill_loss, label_loss = self._losses
         total = 0.0
         terms: dict[str, torch.Tensor] = {}
-        if self.distill_loss is not None:
-            out = self._student(batch, self.distill_loss)
-            loss, t = self.distill_loss(out, teacher_out, mask=batch["word_index"] >= 0,
-                                        attention_mask=batch["attention_mask"], labels=batch["labels"])
+        if distill_loss is not None:
+            out = self._student(batch, distill_loss)
+            loss, t = distill_loss(out, teacher_out, mask=batch["word_index"] >= 0,
+                                   attention_mask=batch["attention_mask"], labels=batch["labels"])
             total, terms = total + loss, {**terms, **t}
-        if self.label_loss is not None:
+        if label_loss is not None:
             lab = labeled if labeled is not None else batch
-            out = self._student(lab, self.label_loss)
-            loss, t = self.label_loss(out, None, labels=lab["labels"])
+            out = self._student(lab, label_loss)
+            loss, t = label_loss(out, None, labels=lab["labels"])
             total, terms = total + loss, {**terms, **t}
         return total, terms
 
@@ -98,9 +107,13 @@ def phase_steps(stage: StageConfig, batches_per_epoch: int) -> int:
     return stage.steps if stage.steps > 0 else max(1, math.ceil(stage.epochs * batches_per_epoch))
 
 
-def _cycle(batcher: WindowBatcher, batch_size: int, seed: int, first_epoch: int):
-    for epoch in itertools.count(first_epoch):
-        yield from batcher.epoch(batch_size, seed, epoch, rank=rank(), world=world_size())
+def batches_from(batcher: WindowBatcher, batch_size: int, seed: int, start: int):
+    """This rank's batches of an endless sequence of epochs, from its `start`-th batch on (resume)."""
+    world = world_size()
+    epoch, index = divmod(start, batcher.num_batches(batch_size, world))
+    yield from batcher.epoch(batch_size, seed, epoch, rank=rank(), world=world, start_batch=index * world)
+    for e in itertools.count(epoch + 1):
+        yield from batcher.epoch(batch_size, seed, e, rank=rank(), world=world)
 
 
 def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module, student: nn.Module, out_dir: str | Path,
@@ -108,44 +121,59 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module, student: nn.Modu
             ) -> DistillResult:
     # ---- setup
     init_distributed()
-    torch.manual_seed(cfg.seed)
     out_dir = Path(out_dir)
     tokenizer = data.tokenizer
     stages = resolve_stages(cfg)
     teacher.eval().requires_grad_(False)
     teacher.to(device=teacher_device or torch.device("cpu"), dtype=teacher_dtype)
+    torch.manual_seed(cfg.seed)
     projector = None
     if any(s.losses.get("hidden", 0) > 0 for s in stages):
         pairs = resolve_layer_map(cfg.distill.layer_map, student.config.num_hidden_layers,
                                   teacher.config.num_hidden_layers)
         projector = HiddenProjector(pairs, student.config.hidden_size, teacher.config.hidden_size,
                                     cfg.distill.projection_dropout)
+    module = DistillStep(student, projector)
     bs, world = cfg.distill.batch_size, world_size()
     ds_config = build_ds_config(cfg.deepspeed, bs, world)
     zero3 = zero_stage(ds_config) == 3
     batchers = {"transfer": WindowBatcher(data.transfer.features, tokenizer.pad_token_id),
                 "labeled": WindowBatcher(data.train.features, tokenizer.pad_token_id)}
     keep_frozen = keep_frozen_names(student, cfg.student)
-    metrics = MetricsLog(out_dir, "distill", cfg.output.tensorboard)
     best_path = out_dir / "student_best"
-    best, global_step, history = -1.0, 0, []
+    ckpt = Checkpointer(out_dir / "checkpoints" / "distill", cfg.output.keep_last)
+    resume = resume_point(ckpt, cfg.output.resume)
+    pos = resume[1] if resume else {"stage": 0, "phase": 0, "step": 0, "phase_done": False, "global_step": 0,
+                                    "best": -1.0, "history": [], "first_loss": None}
+    pending_load = (resume[0], pos["phase_done"]) if resume else None  # (tag, module weights only)
+    best, global_step, history = pos["best"], pos["global_step"], list(pos["history"])
+    metrics = MetricsLog(out_dir, "distill", cfg.output.tensorboard, resume_step=global_step if resume else None)
+    preempt = Preemption(out_dir / cfg.output.stop_file).install()
+    if resume and is_main():
+        log.info("resuming distillation from %s (stage %d, unfreeze step %d, step %d)", resume[0],
+                 pos["stage"] + 1, pos["phase"], pos["step"])
 
     for s_idx, stage in enumerate(stages):
         key = f"stages.{s_idx}" if cfg.distill.strategy is None else f"distill.strategy {cfg.distill.strategy} " \
                                                                       f"stage {s_idx} ({stage.name})"
         uses_hidden = stage.losses.get("hidden", 0) > 0
-        distill_loss, label_loss = stage_losses(stage, cfg, student, teacher, projector if uses_hidden else None,
-                                                key)
-        module = DistillStep(student, distill_loss, label_loss)
+        module.set_losses(*stage_losses(stage, cfg, student, teacher, projector if uses_hidden else None, key))
+        distill_loss = module._losses[0]
+        plan = UnfreezePlan(student, projector if uses_hidden else None, keep_frozen)
         if projector is not None and not uses_hidden:
             projector.requires_grad_(False)
-        plan = UnfreezePlan(student, projector if uses_hidden else None, keep_frozen)
         main_data = "labeled" if stage.data == "labeled" else "transfer"
         phases = list(range(plan.num_steps)) if stage.gradual_unfreeze else [None]
-        trains_output = any(t in stage.losses and stage.losses[t] > 0 for t in OUTPUT_TERMS)
+        trains_output = any(stage.losses.get(t, 0) > 0 for t in OUTPUT_TERMS)
 
-        for phase in phases:
+        for p_idx, phase in enumerate(phases):
+            here = (s_idx, p_idx)
+            if here < (pos["stage"], pos["phase"]) or (here == (pos["stage"], pos["phase"]) and pos["phase_done"]):
+                continue  # finished before the restart
+            start = pos["step"] if here == (pos["stage"], pos["phase"]) else 0
             # ---- one unfreeze step: what trains, optimizer, schedule, engine
+            seed = cfg.seed + 1000 * s_idx + p_idx
+            torch.manual_seed(seed)
             trainable = plan.apply(phase) if phase is not None else plan.apply_all()
             params = [p for p in module.parameters() if p.requires_grad]
             steps = phase_steps(stage, batchers[main_data].num_batches(bs, world))
@@ -154,13 +182,22 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module, student: nn.Modu
             engine, optimizer, _, scheduler = deepspeed.initialize(model=module, optimizer=optimizer,
                                                                    model_parameters=params,
                                                                    lr_scheduler=scheduler, config=ds_config)
+            if pending_load is not None:  # the weights (and, mid-phase, optimizer, schedule, RNG) of the restart
+                ckpt.load(engine, pending_load[0], module_only=pending_load[1])
+                pending_load = None
             label = f"{stage.name}" + (f" [{plan.group_names[phase]}]" if phase is not None else "")
             progress = progress_bar(steps, f"S{s_idx + 1} {label}")
-            seed = cfg.seed + 1000 * s_idx + (phase or 0)
-            main_iter = _cycle(batchers[main_data], bs, seed, 0)
-            labeled_iter = _cycle(batchers["labeled"], bs, seed + 7, 0) if stage.data == "both" else None
-            losses = []
-            for _ in range(steps):
+            progress.update(start)
+            main_iter = batches_from(batchers[main_data], bs, seed, start)
+            labeled_iter = batches_from(batchers["labeled"], bs, seed + 7, start) if stage.data == "both" else None
+            first_loss = pos["first_loss"] if start else None
+            loss_value = float("nan")
+
+            def position(step: int, done: bool) -> dict:
+                return {"stage": s_idx, "phase": p_idx, "step": step, "phase_done": done,
+                        "global_step": global_step, "best": best, "history": history, "first_loss": first_loss}
+
+            for step in range(start, steps):
                 batch = {k: v.to(engine.device) for k, v in next(main_iter).items()}
                 labeled = ({k: v.to(engine.device) for k, v in next(labeled_iter).items()}
                            if labeled_iter is not None else None)
@@ -176,14 +213,24 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module, student: nn.Modu
                 engine.backward(loss)
                 engine.step()
                 global_step += 1
-                losses.append(loss.item())
+                loss_value = loss.item()
+                first_loss = loss_value if first_loss is None else first_loss
                 progress.update(1)
-                metrics.log(global_step, **{"distill/loss": losses[-1], "distill/stage": s_idx,
+                metrics.log(global_step, **{"distill/loss": loss_value, "distill/stage": s_idx,
                                             "distill/lr": scheduler.get_last_lr()[0],
                                             **{f"distill/{k}": v.item() for k, v in terms.items()}})
+                if preempt.should_stop(global_step):
+                    ckpt.save(engine, f"s{s_idx}-p{p_idx}-step{global_step}", position(step + 1, False))
+                    requeued = preempt.requeue() if is_main() else False
+                    raise Preempted(f"saved at step {global_step} ({preempt.reason})"
+                                    + ("; SLURM job requeued" if requeued else ""))
+                if cfg.output.checkpoint_every and global_step % cfg.output.checkpoint_every == 0 \
+                        and step + 1 < steps:
+                    ckpt.save(engine, f"s{s_idx}-p{p_idx}-step{global_step}", position(step + 1, False))
             progress.close()
+
             entry = {"stage": s_idx, "name": stage.name, "phase": phase, "group": label, "steps": steps,
-                     "trainable": len(trainable), "first_loss": losses[0], "last_loss": losses[-1]}
+                     "trainable": len(trainable), "first_loss": first_loss, "last_loss": loss_value}
             if trains_output:
                 dev = dev_score(student, data.dev, data.labels, tokenizer.pad_token_id, cfg.eval.batch_size)
                 entry["dev_f1"] = dev.mean_f1
@@ -193,15 +240,28 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module, student: nn.Modu
                     save_hf(student, best_path, tokenizer, zero3=zero3)
             history.append(entry)
             if is_main():
-                log.info("stage %d %s: loss %.4f -> %.4f%s", s_idx + 1, label, losses[0], losses[-1],
+                log.info("stage %d %s: loss %.4f -> %.4f%s", s_idx + 1, label, first_loss, loss_value,
                          f", dev F1 {entry['dev_f1']:.2f}" if "dev_f1" in entry else "")
+            ckpt.save(engine, f"s{s_idx}-p{p_idx}-done", position(steps, True))
             engine.destroy()  # removes ZeRO's gradient hooks: the next unfreeze step builds its own engine
             del engine, optimizer, scheduler
 
-    if best < 0:  # no stage trained the output: keep the final student
+    if best < 0 and not best_path.exists():  # no stage trained the output: keep the final student
         save_hf(student, best_path, tokenizer, zero3=zero3)
+    preempt.uninstall()
     metrics.close()
     return DistillResult(best_path, best, global_step, history)
+
+
+def resume_point(ckpt: Checkpointer, resume: str) -> tuple[str, dict] | None:
+    """The checkpoint to continue from; refuses to start over a run that has checkpoints unless asked."""
+    found = ckpt.latest()
+    if resume == "auto":
+        return found
+    if found is not None:
+        raise XdtError(f"{ckpt.root}: holds checkpoints of an earlier run (newest: {found[0]}); continue it with "
+                       "output.resume=auto (--resume auto), or choose another output.dir")
+    return None
 
 
 def _to(output, dev: torch.device):

@@ -10,18 +10,27 @@ from xdt.engine.distributed import is_main
 
 
 class MetricsLog:
-    def __init__(self, out_dir: str | Path, name: str, tensorboard: bool = True):
+    def __init__(self, out_dir: str | Path, name: str, tensorboard: bool = True, resume_step: int | None = None):
+        """`resume_step`: a resumed run drops what the killed run logged after its checkpoint, so the curve
+        of a resumed run is the curve of an uninterrupted one."""
         self.enabled = is_main()
         self.path = Path(out_dir) / f"{name}.jsonl"
         self.writer = None
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.exists():
+            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        elif self.path.exists():
+            self.path.unlink()  # a fresh run: no curve of an earlier one
         self.file = self.path.open("a", encoding="utf-8")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard" / name))
+            self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard" / name),
+                                        purge_step=None if resume_step is None else resume_step + 1)
 
     def log(self, step: int, **values) -> None:
         if not self.enabled:

@@ -1,0 +1,411 @@
+"""Teacher outputs cached to disk: logits and chosen hidden states per real token, as numpy memmaps.
+
+The teacher is inference only during distillation, and its outputs for a window never change: computing them once
+and reading them back makes every later stage (and every rerun) pay the student's cost alone.
+
+Layout of a cache folder (one shard per rank; rank r holds windows r, r + world, ...):
+
+    manifest.json                        written last, by rank 0, once every shard is complete
+    shard-00000-of-00002/
+        windows.npy   int64 [n]          the global window indices this shard holds, ascending
+        offsets.npy   int64 [n + 1]      window i's tokens are rows offsets[i]:offsets[i+1] of the arrays below
+        logits.npy    float16 [tokens, num_labels]
+        hidden-03.npy float16 [tokens, hidden]   one per stored teacher hidden state (0 = embeddings)
+        shard.json                       what the shard was built from (teacher hash, data, tokenizer, ...)
+        complete                         marker: the shard folder is renamed into place after it is written
+
+Only the real tokens of a window are stored ([CLS] ... [SEP], no padding). A shard is written to a temporary
+folder and renamed into place, so a crash never leaves a shard that reads as complete; `manifest.json` is written
+only after every shard is, so a reader refuses a partial cache. `TeacherCache.open` also refuses a stale one: the
+manifest records the teacher weights' hash, the data's content id, the tokenizer fingerprint and max length, and
+any mismatch is named. Shards may be built by ranks of one torch.distributed job, or by separate processes (e.g. a
+SLURM array, or one after the other): whichever finishes the last shard writes the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xdt.data.align import AlignedFeatures
+from xdt.errors import XdtError
+
+FORMAT = "xdt-teacher-cache"
+VERSION = 1
+MANIFEST = "manifest.json"
+MARKER = "complete"
+# fields that decide the cached values: a mismatch makes the cache stale
+_KEYED = ("teacher_hash", "content_id", "tokenizer_fp", "max_seq_length")
+_DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+# --------------------------------------------------------------------------------------------- identities
+
+
+def _hash_state_dict(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return "state_dict:" + h.hexdigest()
+
+
+def teacher_weights_hash(path_or_model: str | Path | torch.nn.Module) -> str:
+    """sha256 over the `*.safetensors` files of a teacher folder (names and bytes, sorted by name), or over a
+    module's state_dict (names, dtypes, shapes, bytes) when given a module or a folder without safetensors files.
+
+    The two kinds never compare equal (prefixes `safetensors:` / `state_dict:`): hash a cache's teacher the same way
+    when building and opening it (the folder, in `xdt distill`).
+    """
+    if isinstance(path_or_model, torch.nn.Module):
+        return _hash_state_dict(path_or_model)
+    path = Path(path_or_model)
+    if not path.is_dir():
+        raise XdtError(f"{path}: teacher folder not found (cannot hash its weights)")
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise XdtError(f"{path}: no *.safetensors files to hash; save the teacher with save_pretrained "
+                       "(safetensors), or pass the loaded model")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    return "safetensors:" + h.hexdigest()
+
+
+def features_content_id(features: AlignedFeatures) -> str:
+    """A content id for aligned windows: sha256 of their token ids and window offsets (what the teacher sees)."""
+    h = hashlib.sha256()
+    for arr in (features.offsets, features.input_ids):
+        a = np.ascontiguousarray(arr)
+        h.update(f"{a.dtype}|{a.shape}\n".encode())
+        h.update(a.tobytes())
+    return "windows:" + h.hexdigest()[:32]
+
+
+# --------------------------------------------------------------------------------------------- build
+
+
+def shard_name(rank: int, world: int) -> str:
+    return f"shard-{rank:05d}-of-{world:05d}"
+
+
+def shard_windows(num_windows: int, rank: int, world: int) -> np.ndarray:
+    return np.arange(rank, num_windows, world, dtype=np.int64)
+
+
+def shard_batches(features: AlignedFeatures, windows: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """The build's batches: a shard's windows sorted by length, longest first (little padding)."""
+    lengths = features.offsets[windows + 1] - features.offsets[windows]
+    order = np.argsort(-lengths, kind="stable")
+    return [windows[order[i:i + batch_size]] for i in range(0, len(windows), batch_size)]
+
+
+def _collate(features: AlignedFeatures, windows: np.ndarray, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    starts = features.offsets[windows]
+    lengths = features.offsets[windows + 1] - starts
+    width = int(lengths.max())
+    ids = np.full((len(windows), width), pad_id, np.int64)
+    mask = np.zeros((len(windows), width), np.int64)
+    for row, (lo, n) in enumerate(zip(starts, lengths)):
+        ids[row, :n] = features.input_ids[lo:lo + n]
+        mask[row, :n] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def _open_array(path: Path, shape: tuple[int, ...], dtype) -> np.ndarray:
+    if 0 in shape:  # numpy cannot memory-map an empty file
+        np.save(path, np.zeros(shape, dtype))
+        return np.zeros(shape, dtype)
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+
+
+def _load_array(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r")
+    except ValueError:  # empty arrays cannot be memory-mapped
+        return np.load(path)
+
+
+def _store(out: np.ndarray, rows: list[tuple[int, int]], values: torch.Tensor, what: str) -> None:
+    """Copy each window's real rows of `values` [B, T, D] (fp32) into `out` at its shard rows."""
+    v = values.detach().to(device="cpu", dtype=torch.float32).numpy()
+    cast = v.astype(out.dtype)
+    if out.dtype != np.float32 and not np.isfinite(cast).all() and np.isfinite(v).all():
+        raise XdtError(f"teacher {what} exceed the {out.dtype} range (max |x| = {np.abs(v).max():.4g}); "
+                       "build the cache with dtype float32")
+    for b, (lo, n) in enumerate(rows):
+        out[lo:lo + n] = cast[b, :n]
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def build_teacher_cache(teacher: torch.nn.Module, features: AlignedFeatures, out_dir: str | Path, *,
+                        layers: list[int], batch_size: int, content_id: str, tokenizer_fp: str,
+                        max_seq_length: int, teacher_path: str | Path | None, rank: int = 0, world: int = 1,
+                        dtype=np.float16, pad_id: int = 0, progress: bool = True) -> dict:
+    """Run the teacher (eval mode, no gradients) over this rank's windows (r::world) and write its shard; when
+    every shard is complete, write `manifest.json` (rank 0 after a barrier under torch.distributed; otherwise the
+    process that completes the last shard). Returns the manifest when this call wrote or found it complete, else
+    this shard's metadata (a shard of a build whose other shards are still to come).
+
+    `teacher_path`: the teacher's folder, hashed by its safetensors files; None (or a folder without them) hashes
+    the module's state_dict. `layers`: teacher hidden-state numbers to store (0 = embeddings, L = last layer);
+    may be empty (logits only). `pad_id`: the tokenizer's pad id (padding is masked, so only speed depends on it).
+    """
+    out_dir = Path(out_dir)
+    dtype_name = np.dtype(dtype).name
+    if dtype_name not in _DTYPES:
+        raise XdtError(f"teacher cache dtype {dtype_name}: expected one of {sorted(_DTYPES)}")
+    if not 0 <= rank < world:
+        raise XdtError(f"teacher cache: rank {rank} outside world {world}")
+    config = teacher.config
+    num_states = int(config.num_hidden_layers) + 1
+    layers = sorted({int(x) for x in layers})
+    bad = [x for x in layers if not 0 <= x < num_states]
+    if bad:
+        raise XdtError(f"teacher cache layers {bad}: the teacher has hidden states 0..{num_states - 1}")
+    teacher_hash = (teacher_weights_hash(teacher_path)
+                    if teacher_path is not None and any(Path(teacher_path).glob("*.safetensors"))
+                    else teacher_weights_hash(teacher))
+    num_labels, hidden = int(config.num_labels), int(config.hidden_size)
+    meta = {"format": FORMAT, "version": VERSION, "teacher_hash": teacher_hash,
+            "teacher_path": str(teacher_path) if teacher_path is not None else None, "content_id": content_id,
+            "tokenizer_fp": tokenizer_fp, "max_seq_length": int(max_seq_length), "layers": layers,
+            "num_hidden_states": num_states, "num_labels": num_labels, "hidden_size": hidden, "dtype": dtype_name,
+            "num_windows": int(features.num_windows), "world": int(world)}
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed and (rank, world) != (torch.distributed.get_rank(), torch.distributed.get_world_size()):
+        raise XdtError(f"teacher cache: built as rank {rank} of {world} inside a torch.distributed job of rank "
+                       f"{torch.distributed.get_rank()} of {torch.distributed.get_world_size()}; every rank must "
+                       "call build_teacher_cache with its own rank and the world size")
+    if rank == 0:
+        (out_dir / MANIFEST).unlink(missing_ok=True)  # from here on the old cache reads as partial
+    name = shard_name(rank, world)
+    final = out_dir / name
+    if final.exists():
+        shutil.rmtree(final)
+
+    windows = shard_windows(features.num_windows, rank, world)
+    lengths = (features.offsets[windows + 1] - features.offsets[windows]).astype(np.int64)
+    offsets = np.zeros(len(windows) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    row_of = {int(w): (int(offsets[i]), int(lengths[i])) for i, w in enumerate(windows)}
+    tokens = int(offsets[-1])
+
+    device = next(teacher.parameters()).device
+    was_training = teacher.training
+    teacher.eval()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp", dir=out_dir))
+    started = time.perf_counter()
+    try:
+        np.save(tmp / "windows.npy", windows)
+        np.save(tmp / "offsets.npy", offsets)
+        logits = _open_array(tmp / "logits.npy", (tokens, num_labels), _DTYPES[dtype_name])
+        states = {x: _open_array(tmp / f"hidden-{x:02d}.npy", (tokens, hidden), _DTYPES[dtype_name])
+                  for x in layers}
+        batches = shard_batches(features, windows, batch_size)
+        bar = None
+        if progress and rank == 0:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(batches), desc=f"teacher cache {name}", dynamic_ncols=True)
+        for batch in batches:
+            ids, mask = _collate(features, batch, pad_id)
+            out = teacher(input_ids=ids.to(device), attention_mask=mask.to(device),
+                          output_hidden_states=bool(layers))
+            rows = [row_of[int(w)] for w in batch]
+            _store(logits, rows, out.logits, "logits")
+            for x in layers:
+                _store(states[x], rows, out.hidden_states[x], f"hidden state {x}")
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        for arr in (logits, *states.values()):
+            if isinstance(arr, np.memmap):
+                arr.flush()
+        del logits, states
+        shard_meta = {**meta, "rank": rank, "windows": len(windows), "tokens": tokens,
+                      "seconds": round(time.perf_counter() - started, 3),
+                      "teacher_dtype": str(next(teacher.parameters()).dtype).replace("torch.", "")}
+        (tmp / "shard.json").write_text(json.dumps(shard_meta, indent=1, sort_keys=True) + "\n")
+        (tmp / MARKER).write_text("")
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        teacher.train(was_training)
+
+    if distributed:
+        torch.distributed.barrier()
+        manifest = write_manifest(out_dir, world) if rank == 0 else None
+        torch.distributed.barrier()  # no rank opens the cache before the manifest exists
+        return manifest or json.loads((out_dir / MANIFEST).read_text())
+    if all((out_dir / shard_name(r, world) / MARKER).exists() for r in range(world)):
+        return write_manifest(out_dir, world)
+    return shard_meta
+
+
+def write_manifest(out_dir: str | Path, world: int) -> dict:
+    """`manifest.json` from the `world` complete shards of `out_dir`; refuses missing, partial or mixed shards."""
+    out_dir = Path(out_dir)
+    metas = []
+    for r in range(world):
+        shard = out_dir / shard_name(r, world)
+        if not (shard / MARKER).exists():
+            raise XdtError(f"{shard}: shard missing or incomplete (no '{MARKER}' marker); build rank {r} of {world}")
+        metas.append(json.loads((shard / "shard.json").read_text()))
+    common = {k: v for k, v in metas[0].items() if k not in ("rank", "windows", "tokens", "seconds")}
+    for m in metas[1:]:
+        for k, v in common.items():
+            if k != "teacher_dtype" and m.get(k) != v:
+                raise XdtError(f"{out_dir}: shards disagree on {k} ({v!r} in rank 0, {m.get(k)!r} in rank "
+                               f"{m['rank']}); rebuild the cache")
+    windows = sum(m["windows"] for m in metas)
+    if windows != common["num_windows"]:
+        raise XdtError(f"{out_dir}: shards hold {windows} windows, the data has {common['num_windows']}")
+    manifest = {**common, "num_tokens": sum(m["tokens"] for m in metas), "created": time.time(),
+                "shards": [{"name": shard_name(m["rank"], world), "rank": m["rank"], "windows": m["windows"],
+                            "tokens": m["tokens"]} for m in metas]}
+    _write_json_atomic(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------- read
+
+
+class TeacherCache:
+    """Memory-mapped shards of a complete, matching cache; `batch()` gives the teacher outputs of a batch."""
+
+    def __init__(self, path: Path, manifest: dict, shards: list[dict[str, np.ndarray]], shard_of: np.ndarray,
+                 start_of: np.ndarray, length_of: np.ndarray):
+        self.path = path
+        self.manifest = manifest
+        self.layers: list[int] = list(manifest["layers"])
+        self.num_labels: int = manifest["num_labels"]
+        self.hidden_size: int = manifest["hidden_size"]
+        self.num_hidden_states: int = manifest["num_hidden_states"]
+        self._shards = shards
+        self._shard_of, self._start_of, self._length_of = shard_of, start_of, length_of
+
+    @classmethod
+    def open(cls, path: str | Path, *, content_id: str, tokenizer_fp: str, max_seq_length: int,
+             teacher_hash: str | None, layers_needed: list[int] = ()) -> TeacherCache:
+        """Refuses (XdtError naming the field) a cache built from another teacher (`teacher_hash`; None skips
+        this check), other data, tokenizer or max length, one that lacks a needed hidden state, and a partial one.
+        """
+        path = Path(path)
+        mf = path / MANIFEST
+        if not path.is_dir():
+            raise XdtError(f"{path}: teacher cache folder not found")
+        if not mf.exists():
+            raise XdtError(f"{path}: partial teacher cache: no {MANIFEST} (a build did not finish on every rank); "
+                           "rebuild it")
+        manifest = json.loads(mf.read_text())
+        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+            raise XdtError(f"{path}: not an {FORMAT} v{VERSION} cache (format {manifest.get('format')!r}, "
+                           f"version {manifest.get('version')!r}); rebuild it")
+        wanted = {"teacher_hash": teacher_hash, "content_id": content_id, "tokenizer_fp": tokenizer_fp,
+                  "max_seq_length": int(max_seq_length)}
+        for key in _KEYED:
+            if wanted[key] is not None and manifest[key] != wanted[key]:
+                raise XdtError(f"{path}: stale teacher cache: {key} is {manifest[key]!r} in the cache, "
+                               f"{wanted[key]!r} now; rebuild it")
+        missing = sorted(set(int(x) for x in layers_needed) - set(manifest["layers"]))
+        if missing:
+            raise XdtError(f"{path}: teacher cache lacks hidden states {missing} (layers: it holds "
+                           f"{manifest['layers']}); rebuild it with these layers")
+
+        n = manifest["num_windows"]
+        shard_of = np.full(n, -1, np.int32)
+        start_of = np.zeros(n, np.int64)
+        length_of = np.zeros(n, np.int64)
+        shards = []
+        dt = np.dtype(manifest["dtype"])
+        for i, entry in enumerate(manifest["shards"]):
+            d = path / entry["name"]
+            if not (d / MARKER).exists():
+                raise XdtError(f"{d}: partial teacher cache: shard without its '{MARKER}' marker; rebuild it")
+            meta = json.loads((d / "shard.json").read_text())
+            for key in (*_KEYED, "layers", "num_windows", "dtype"):
+                if meta.get(key) != manifest[key]:
+                    raise XdtError(f"{d}: shard {key} {meta.get(key)!r} differs from the manifest's "
+                                   f"{manifest[key]!r} (rebuilt after the manifest); rebuild the cache")
+            arrays = {"logits": _load_array(d / "logits.npy")}
+            arrays.update({x: _load_array(d / f"hidden-{x:02d}.npy") for x in manifest["layers"]})
+            windows, offsets = np.load(d / "windows.npy"), np.load(d / "offsets.npy")
+            if (len(offsets) != len(windows) + 1 or arrays["logits"].shape != (offsets[-1], manifest["num_labels"])
+                    or arrays["logits"].dtype != dt):
+                raise XdtError(f"{d}: shard arrays do not match its index; rebuild the cache")
+            if len(windows) and (windows.min() < 0 or windows.max() >= n or (shard_of[windows] >= 0).any()):
+                raise XdtError(f"{d}: shard windows out of range or held twice; rebuild the cache")
+            shard_of[windows] = i
+            start_of[windows] = offsets[:-1]
+            length_of[windows] = np.diff(offsets)
+            shards.append(arrays)
+        if (shard_of < 0).any():
+            raise XdtError(f"{path}: partial teacher cache: {int((shard_of < 0).sum())} of {n} windows in no shard")
+        return cls(path, manifest, shards, shard_of, start_of, length_of)
+
+    @property
+    def num_windows(self) -> int:
+        return len(self._shard_of)
+
+    def window_lengths(self) -> np.ndarray:
+        return self._length_of.copy()
+
+    def check_features(self, features: AlignedFeatures) -> None:
+        """Refuse features whose windows are not the cached ones (count or lengths differ)."""
+        if features.num_windows != self.num_windows or not np.array_equal(features.window_lengths(),
+                                                                          self._length_of):
+            raise XdtError(f"{self.path}: stale teacher cache: its windows differ from the data's "
+                           f"({self.num_windows} cached, {features.num_windows} now); rebuild it")
+
+    def window(self, k: int, layer: int | str = "logits") -> np.ndarray:
+        """The cached rows of window k (fp16 memmap view): `layer` = "logits" or a stored hidden-state number."""
+        arrays = self._shards[self._shard_of[k]]
+        lo = self._start_of[k]
+        return arrays[layer][lo:lo + self._length_of[k]]
+
+    def batch(self, windows: torch.Tensor | np.ndarray, width: int, device: torch.device | str | None = None
+              ) -> dict:
+        """Teacher outputs of a batch as the distillation losses read them: `logits` float32 [B, width, C] and
+        `hidden_states` (a tuple indexed by teacher state number, None where not stored) [B, width, H], zero past
+        each window's length; `attentions` None (never cached)."""
+        w = np.asarray(windows.cpu() if isinstance(windows, torch.Tensor) else windows, np.int64).reshape(-1)
+        lengths = self._length_of[w]
+        if len(w) and int(lengths.max()) > width:
+            raise ValueError(f"batch width {width} is shorter than window {int(w[lengths.argmax()])} "
+                             f"({int(lengths.max())} tokens)")
+        keys = ["logits", *self.layers]
+        dims = {"logits": self.num_labels, **{x: self.hidden_size for x in self.layers}}
+        out = {k: np.zeros((len(w), width, dims[k]), np.float32) for k in keys}
+        for b, k in enumerate(w):
+            arrays = self._shards[self._shard_of[k]]
+            lo, n = self._start_of[k], lengths[b]
+            for key in keys:
+                out[key][b, :n] = arrays[key][lo:lo + n]
+        tensors = {k: torch.from_numpy(v).to(device) if device is not None else torch.from_numpy(v)
+                   for k, v in out.items()}
+        hidden = tuple(tensors.get(x) for x in range(self.num_hidden_states)) if self.layers else None
+        return {"logits": tensors["logits"], "hidden_states": hidden, "attentions": None}

@@ -1,0 +1,177 @@
+"""argparse wiring of `xdt slurm submit|status|eval`. `xdt/cli.py` calls `add_slurm_parser(sub)`.
+
+Each `func` returns an int exit code: 0 success; bad input (a flag, a config key, sbatch refusing the job) raises
+XdtError, which xdt.cli.main prints as one line and turns into exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from xdt.errors import XdtError
+
+
+def _resources(args: argparse.Namespace):
+    from xdt.slurm.render import Resources
+
+    return Resources(
+        nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
+        ntasks_per_node=args.ntasks_per_node, procs_per_node=getattr(args, "procs_per_node", None),
+        partition=args.partition, account=args.account, time=args.time, job_name=args.job_name,
+        signal_seconds=getattr(args, "signal_seconds", 300), port=getattr(args, "port", None), python=args.python,
+        setup=args.setup or [], env=args.env or [], sbatch_options=args.sbatch_option or [])
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from xdt.slurm.submit import record, sbatch, write_script
+    from xdt.slurm.train_job import RESUME_KEY, build_train_job, resume_supported
+
+    job = build_train_job(args.config, args.overrides, _resources(args), args.job_command,
+                          resume=not args.no_resume)
+    write_script(job.script, job.text)
+    if not args.no_resume and not resume_supported():
+        print(f"xdt: warning: this xdt has no {RESUME_KEY} key: a requeued job starts over", file=sys.stderr)
+    if args.dry_run:
+        print(job.text, end="")
+        print(f"# written to {job.script}; submit with: sbatch --parsable {job.script}", file=sys.stderr)
+        return 0
+    job_id = sbatch(job.script)
+    record(job.script.parent, job_id=job_id, kind=args.job_command, script=job.script, argv=job.argv)
+    print(job_id)
+    print(f"script {job.script}; logs {job.output_dir / 'slurm' / 'logs'}; follow with: xdt slurm status {job_id}",
+          file=sys.stderr)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from xdt.slurm.status import format_status, job_status
+
+    status = job_status(args.job_id, args.output_dir)
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from xdt.slurm.eval_job import EvalSpec, build_eval_jobs
+    from xdt.slurm.submit import record, sbatch, write_script
+
+    if not args.data:
+        raise XdtError("xdt slurm eval: --data PATH required (repeat it for several folders)")
+    spec = EvalSpec(model=args.model, data=args.data, out=args.out, shards=args.shards, suite=args.suite,
+                    langs=args.langs, split=args.split, format=args.format, teacher=args.teacher,
+                    tokenizer=args.tokenizer, batch_size=args.batch_size, max_seq_length=args.max_seq_length,
+                    max_sentences=args.max_sentences, allow_missing=args.allow_missing, device=args.device)
+    jobs = build_eval_jobs(spec, _resources(args))
+    write_script(jobs.array_script, jobs.array_text)
+    if args.dry_run:
+        merge = jobs.merge_text("$ARRAY_JOB_ID")
+        write_script(jobs.merge_script, merge)
+        print(f"# ---- {jobs.array_script}\n{jobs.array_text}# ---- {jobs.merge_script}\n{merge}", end="")
+        print(f"# submit with: ARRAY_JOB_ID=$(sbatch --parsable {jobs.array_script}); then render the merge "
+              "script with that id (xdt slurm eval does both)", file=sys.stderr)
+        return 0
+    array_id = sbatch(jobs.array_script)
+    write_script(jobs.merge_script, jobs.merge_text(array_id))
+    merge_id = sbatch(jobs.merge_script)
+    record(jobs.out / "slurm", job_id=array_id, kind="eval-array", script=jobs.array_script, shards=args.shards)
+    record(jobs.out / "slurm", job_id=merge_id, kind="eval-merge", script=jobs.merge_script, after=array_id)
+    print(f"array {array_id}")
+    print(f"merge {merge_id}")
+    print(f"report when done: {jobs.out / 'report.json'}", file=sys.stderr)
+    return 0
+
+
+def _add_resource_args(p: argparse.ArgumentParser, training: bool) -> None:
+    g = p.add_argument_group("SLURM resources")
+    g.add_argument("--nodes", type=int, default=1, help="nodes (1)")
+    g.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node; 0: CPU only, gloo (0)")
+    g.add_argument("--cpus-per-task", type=int, default=1,
+                   help="CPUs per task (1); CPU-only training starts this many single-threaded ranks per node")
+    g.add_argument("--ntasks-per-node", type=int, default=1,
+                   help="1: one task per node running torchrun (default); N > 1: srun starts N ranks per node")
+    if training:
+        g.add_argument("--procs-per-node", type=int, help="torchrun --nproc_per_node (default: the GPUs per node, "
+                                                          "else --cpus-per-task)")
+        g.add_argument("--signal-seconds", type=int, default=300,
+                       help="USR1 this many seconds before the time limit: save and requeue (300)")
+        g.add_argument("--port", type=int, help="rendezvous port (default 20000 + job id %% 20000)")
+    g.add_argument("--partition", help="partition (default: the cluster's)")
+    g.add_argument("--account", help="account to charge")
+    g.add_argument("--time", help="time limit, e.g. 04:00:00 or 2-00:00:00 (default: the partition's)")
+    g.add_argument("--job-name", help="job name (default: xdt-<command>-<output folder name>)")
+    g.add_argument("--python", help="Python on the compute nodes with xdt installed (default: this one)")
+    g.add_argument("--setup", action="append", metavar="LINE",
+                   help="shell line run before the launch, e.g. 'module load cuda' (repeatable)")
+    g.add_argument("--env", action="append", metavar="NAME=VALUE", help="variable exported in the job (repeatable)")
+    g.add_argument("--sbatch-option", action="append", metavar="--OPT=VALUE",
+                   help="extra #SBATCH line, e.g. --qos=high (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print the script(s) (still written), submit nothing")
+
+
+def add_slurm_parser(subparsers) -> None:
+    """Register `slurm` (submit, status, eval) on the top-level subparsers of `xdt`."""
+    slurm = subparsers.add_parser("slurm", help="submit and follow SLURM jobs (training, sharded evaluation)",
+                                  description="Render sbatch scripts from slurm/ templates and submit them.")
+    actions = slurm.add_subparsers(dest="slurm_action", metavar="ACTION", required=True)
+
+    submit = actions.add_parser(
+        "submit", help="submit a run config as a multi-node, preemption-safe training job",
+        description="Render slurm/train.sbatch for CONFIG (written to OUTPUT/slurm/<job name>.sbatch), submit it "
+                    "with sbatch --parsable and print the job id. The job requeues itself when preempted and "
+                    "resumes from its newest checkpoint.")
+    submit.add_argument("config", help="run config YAML")
+    submit.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, as for `xdt run`")
+    submit.add_argument("--command", dest="job_command", choices=["run", "teacher", "distill", "cache"],
+                        default="run",
+                        help="run: xdt run (default); teacher: xdt teacher train; distill: xdt distill; "
+                             "cache: xdt teacher cache")
+    submit.add_argument("--no-resume", action="store_true", help="a requeued job starts over instead of resuming")
+    _add_resource_args(submit, training=True)
+    submit.set_defaults(func=_submit)
+
+    status = actions.add_parser("status", help="a job's state and the newest checkpoint of its run")
+    status.add_argument("job_id", metavar="JOBID")
+    status.add_argument("--output-dir", help="run folder (default: the one named in the job's script)")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(func=_status)
+
+    ev = actions.add_parser(
+        "eval", help="sharded evaluation: a job array (one share of the languages per task) and a merge job",
+        description="Submit `xdt eval --shard i/N` as an array of N tasks and `xdt eval merge` as a job that "
+                    "starts after all of them succeeded (--dependency=afterok). Prints both job ids.")
+    ev.add_argument("--model", required=True, help="model folder")
+    ev.add_argument("--data", action="append", metavar="PATH", help="WikiAnn folder or file (repeatable)")
+    ev.add_argument("--suite", help="suite name in eval/ or a suite YAML file")
+    ev.add_argument("--langs", help="comma-separated languages (a subset of --suite when both are given)")
+    ev.add_argument("--split", help="train, dev or test (default: the suite's, else test)")
+    ev.add_argument("--format", choices=["xtreme", "raw", "xtremedistil", "hf"], help="default: detected")
+    ev.add_argument("--teacher", help="teacher model folder, evaluated beside the model")
+    ev.add_argument("--tokenizer", help="tokenizer folder when the model folder has none")
+    ev.add_argument("--batch-size", type=int, help="windows per batch (xdt eval's default)")
+    ev.add_argument("--max-seq-length", type=int, help="sub-words per window (xdt eval's default)")
+    ev.add_argument("--max-sentences", type=int, help="first N sentences per language (quick checks)")
+    ev.add_argument("--allow-missing", action="store_true", help="list languages without data instead of failing")
+    ev.add_argument("--device", help="auto, cpu, cuda (xdt eval's default: auto)")
+    ev.add_argument("--shards", type=int, required=True, help="array tasks; each takes every N-th language")
+    ev.add_argument("--out", required=True, help="folder of the merged report (shards go to OUT/shards/<i>)")
+    _add_resource_args(ev, training=False)
+    ev.set_defaults(func=_eval)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (`python -m xdt.slurm.cli ...`), the same as `xdt slurm ...` once wired into xdt.cli."""
+    parser = argparse.ArgumentParser(prog="xdt")
+    add_slurm_parser(parser.add_subparsers(dest="command_name", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except XdtError as err:
+        print(f"xdt: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""sbatch scripts from the templates in slurm/: `{{name}}` placeholders filled with checked values.
+
+Placeholders are double braces so that the templates keep ordinary bash (`${VAR}`, `$(...)`) untouched. A line that
+is a placeholder alone and renders empty (an optional `#SBATCH` directive) is dropped, so the `#SBATCH` block stays
+contiguous. Paths that go into `#SBATCH` lines cannot be quoted there: they are checked for characters that sbatch or
+bash would split or expand, and refused with an error naming the option or config key.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xdt.assets import asset_path
+from xdt.errors import XdtError
+
+PLACEHOLDER = re.compile(r"\{\{([a-z_]+)\}\}")
+_UNSAFE = re.compile(r"""[\s'"`$\\;&|<>()*?\[\]{}!#%~]""")
+_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def render(template: str, values: dict[str, object]) -> str:
+    """slurm/<template> with every `{{name}}` replaced by `values[name]`."""
+    text = asset_path("slurm", template).read_text(encoding="utf-8")
+    missing = sorted(set(PLACEHOLDER.findall(text)) - set(values))
+    if missing:
+        raise XdtError(f"slurm/{template}: no value for placeholder(s) {', '.join(missing)}")
+    lines = []
+    for line in text.splitlines():
+        alone = PLACEHOLDER.fullmatch(line.strip())
+        if alone and str(values[alone.group(1)]) == "":
+            continue
+        lines.append(PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), line))
+    return "\n".join(lines) + "\n"
+
+
+def safe_path(path: str | Path, what: str) -> str:
+    """An absolute path that can stand unquoted in `#SBATCH` lines and bash; `what` names the flag or key."""
+    text = str(Path(path).absolute())
+    bad = _UNSAFE.search(text)
+    if bad:
+        raise XdtError(f"{what}: {text!r} contains {bad.group()!r}; SLURM scripts need paths without spaces, "
+                       "quotes, %, $ or shell wildcards (#SBATCH lines cannot quote them)")
+    return text
+
+
+def time_seconds(spec: str) -> int | None:
+    """Seconds in a SLURM --time value (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S); None for UNLIMITED/INFINITE."""
+    if spec.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    m = _TIME.match(spec)
+    if not m:
+        raise XdtError(f"--time {spec!r}: expected minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS")
+    days, a, b, c = m.groups()
+    parts = [int(x) for x in (a, b, c) if x is not None]
+    if days is not None:  # D-H, D-H:M, D-H:M:S
+        h, mi, s = (parts + [0, 0])[:3]
+        return int(days) * 86400 + h * 3600 + mi * 60 + s
+    if len(parts) == 1:
+        return parts[0] * 60
+    if len(parts) == 2:
+        return parts[0] * 60 + parts[1]
+    return parts[0] * 3600 + parts[1] * 60 + parts[2]
+
+
+@dataclass
+class Resources:
+    """What a job asks SLURM for, shared by every kind of job. Flags of `xdt slurm submit|eval`."""
+
+    nodes: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 1
+    ntasks_per_node: int = 1  # 1: torchrun per node; > 1: srun starts one rank per task (no torchrun)
+    procs_per_node: int | None = None  # torchrun --nproc_per_node; None: the GPUs, else cpus_per_task
+    partition: str | None = None
+    account: str | None = None
+    time: str | None = None  # None: the partition's default limit
+    job_name: str | None = None
+    signal_seconds: int = 300
+    port: int | None = None  # rendezvous port; None: 20000 + job id % 20000
+    python: str | None = None  # interpreter on the compute nodes; None: this one (sys.executable)
+    setup: list[str] = field(default_factory=list)  # shell lines before the launch (module load, source ...)
+    env: list[str] = field(default_factory=list)  # KEY=VALUE exported in the job
+    sbatch_options: list[str] = field(default_factory=list)  # extra `#SBATCH --opt=value` lines
+
+    def check(self) -> None:
+        for flag, value in (("--nodes", self.nodes), ("--cpus-per-task", self.cpus_per_task),
+                            ("--ntasks-per-node", self.ntasks_per_node), ("--signal-seconds", self.signal_seconds)):
+            if value < 1:
+                raise XdtError(f"{flag}: expected a positive integer, got {value}")
+        if self.gpus_per_node < 0:
+            raise XdtError(f"--gpus-per-node: expected 0 (CPU only) or more, got {self.gpus_per_node}")
+        if self.procs_per_node is not None:
+            if self.procs_per_node < 1:
+                raise XdtError(f"--procs-per-node: expected a positive integer, got {self.procs_per_node}")
+            if self.ntasks_per_node > 1:
+                raise XdtError("--procs-per-node: only with --ntasks-per-node 1 (torchrun starts the processes); "
+                               "with srun tasks each task is one process")
+        if self.signal_seconds > 65535:
+            raise XdtError(f"--signal-seconds: SLURM accepts at most 65535, got {self.signal_seconds}")
+        if self.time is not None:
+            limit = time_seconds(self.time)
+            if limit is not None and limit <= self.signal_seconds:
+                raise XdtError(f"--signal-seconds {self.signal_seconds}: not shorter than --time {self.time} "
+                               f"({limit} s); the job would be told to save before it starts")
+        if self.port is not None and not 1024 <= self.port <= 65535:
+            raise XdtError(f"--port: expected 1024..65535, got {self.port}")
+        for flag, value in (("--partition", self.partition), ("--account", self.account),
+                            ("--job-name", self.job_name), ("--time", self.time)):
+            if value is not None and (not value or _UNSAFE.search(value)):
+                raise XdtError(f"{flag}: {value!r} is empty or contains spaces or shell characters")
+        for item in self.env:
+            name, eq, _ = item.partition("=")
+            if not eq or not _ENV_NAME.match(name):
+                raise XdtError(f"--env {item!r}: expected NAME=VALUE with NAME a shell variable name")
+        for opt in self.sbatch_options:
+            if not opt.startswith("--") or "\n" in opt:
+                raise XdtError(f"--sbatch-option {opt!r}: expected one long sbatch option such as --qos=high")
+
+    @property
+    def nproc(self) -> int:
+        """Processes per node."""
+        if self.ntasks_per_node > 1:
+            return self.ntasks_per_node
+        if self.procs_per_node is not None:
+            return self.procs_per_node
+        return self.gpus_per_node or self.cpus_per_task
+
+    def common_values(self, python: str) -> dict[str, object]:
+        """Placeholders every template shares."""
+        optional = [f"#SBATCH --time={self.time}" if self.time else "",
+                    f"#SBATCH --partition={self.partition}" if self.partition else "",
+                    f"#SBATCH --account={self.account}" if self.account else ""]
+        optional += [f"#SBATCH {opt}" for opt in self.sbatch_options]
+        env = [] if self.gpus_per_node else ["export DS_ACCELERATOR=cpu"]
+        for item in self.env:
+            name, _, value = item.partition("=")
+            env.append(f"export {name}={shlex.quote(value)}")
+        return {
+            "python": shlex.quote(python),
+            "cpus_per_task": self.cpus_per_task,
+            "gpu_directive": f"#SBATCH --gpus-per-node={self.gpus_per_node}" if self.gpus_per_node else "",
+            "time": self.time or "",
+            "optional_directives": "\n".join(line for line in optional if line),
+            "env_lines": "\n".join(env),
+            "setup_lines": "\n".join(self.setup),
+        }
+
+
+def join_lines(words: list[str], indent: str = "    ", width: int = 100) -> str:
+    """Shell words joined with ` \\` line continuations, at most about `width` characters a line."""
+    lines, line = [], ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = indent + word
+        else:
+            line = f"{line} {word}" if line else word
+    lines.append(line)
+    return " \\\n".join(lines)
