@@ -56,6 +56,21 @@ def _teacher_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _teacher_cache(args: argparse.Namespace) -> int:
+    from xdt.engine.distributed import init_distributed, is_main, shutdown
+    from xdt.run import cache_step, prepare
+
+    cfg = _load_run_config(args)
+    teacher_dir = Path(cfg.teacher.model) if cfg.teacher.model else Path(cfg.output.dir) / "teacher"
+    init_distributed()
+    _, _, data = prepare(cfg)
+    manifest = cache_step(cfg, data, teacher_dir)
+    if is_main():
+        print(json.dumps({k: manifest.get(k) for k in ("num_windows", "layers", "dtype", "teacher_hash")}))
+    shutdown()
+    return 0
+
+
 def _distill(args: argparse.Namespace) -> int:
     from xdt.engine.distributed import is_main, shutdown
     from xdt.errors import ConfigError
@@ -166,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the best dev checkpoint goes to OUTPUT/teacher")
     _add_config_args(train)
     train.set_defaults(func=_teacher_train)
+    cache = teacher_sub.add_parser("cache", help="cache the teacher's outputs on the transfer set "
+                                   "(distill.teacher_cache), one shard per rank")
+    _add_config_args(cache)
+    cache.set_defaults(func=_teacher_cache)
 
     distill = sub.add_parser("distill", help="distil teacher.model into a student through the stage schedule")
     _add_config_args(distill)

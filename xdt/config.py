@@ -76,6 +76,7 @@ class TeacherConfig:
     hidden_size: int = 256
     num_heads: int = 4
     intermediate_size: int = 1024
+    dropout: float = 0.1  # hidden and attention dropout of a randomly initialised teacher
     epochs: float = 3.0
     lr: float = 5e-5
     batch_size: int = 32
@@ -95,6 +96,7 @@ class StudentConfig:
     embedding_size: int | None = None  # E < H: factorized word embeddings; None: E = H
     embedding_init: Literal["svd", "random", "teacher"] = "svd"
     freeze_embeddings: bool = False
+    dropout: float = 0.1  # hidden and attention dropout of the student
     init_from: str | None = _path(default=None)  # a pretrained student folder instead of building one
 
 
@@ -128,7 +130,11 @@ class DistillConfig:
     lr: float = 1e-3
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: int = 0
-    select_every: int = 0  # steps between dev evaluations in stages that train the output; 0: end of each phase
+    # teacher outputs cached by `xdt teacher cache` (logits, and the hidden states `cache_layers` names; None:
+    # those the layer map pairs); stages they cover read them and the teacher is not loaded for them
+    teacher_cache: str | None = None
+    cache_layers: list[int] | None = None
+    cache_dtype: Literal["float16", "float32"] = "float16"
 
 
 @dataclass
@@ -376,5 +382,8 @@ def check_config(cfg: RunConfig) -> None:
     if e is not None and not 0 < e <= cfg.student.hidden_size:
         raise ConfigError(f"student.embedding_size: expected 1..{cfg.student.hidden_size} (student.hidden_size), "
                           f"got {e}")
+    if cfg.distill.teacher_cache and cfg.distill.attention_loss != "none":
+        raise ConfigError("distill.teacher_cache: attention maps are not cached; set distill.attention_loss: none "
+                          "or run the teacher on the fly (distill.teacher_cache: null)")
     if cfg.distill.strategy is None and not cfg.stages:
         raise ConfigError("stages: empty while distill.strategy is null; name a strategy or list the stages")

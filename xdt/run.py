@@ -63,21 +63,86 @@ def train_teacher_step(cfg: RunConfig, data, out: Path) -> dict:
     return summary
 
 
-def distill_step(cfg: RunConfig, data, teacher_dir: Path, out: Path) -> dict:
+def cache_keys(cfg: RunConfig, data) -> dict:
+    from xdt.data.tokenizer import tokenizer_fingerprint
+    from xdt.distill.teacher_cache import features_content_id
+
+    return {"content_id": features_content_id(data.transfer.features),
+            "tokenizer_fp": tokenizer_fingerprint(data.tokenizer), "max_seq_length": cfg.data.max_seq_length}
+
+
+def cache_step(cfg: RunConfig, data, teacher_dir: Path) -> dict:
+    """`xdt teacher cache`: the teacher's outputs on the transfer set, one shard per rank."""
+    import numpy as np
+    from transformers import AutoConfig
+
+    from xdt.distill.teacher_cache import build_teacher_cache
     from xdt.distill.teacher_train import teacher_device_dtype
-    from xdt.distill.train import distill
+    from xdt.distill.train import cached_layers
+    from xdt.engine.distributed import rank, world_size
+    from xdt.errors import ConfigError
+    from xdt.models.student import student_shape
+
+    if not cfg.distill.teacher_cache:
+        raise ConfigError("distill.teacher_cache: set the folder the cache goes to")
+    tcfg = AutoConfig.from_pretrained(str(teacher_dir))
+    layers = cached_layers(cfg, student_shape(cfg.student).num_layers, tcfg.num_hidden_layers)
+    teacher = load_teacher_model(teacher_dir, data.labels, eager=False)
+    dev, dtype = teacher_device_dtype()
+    teacher.to(device=dev, dtype=dtype)
+    return build_teacher_cache(teacher, data.transfer.features, cfg.distill.teacher_cache, layers=layers,
+                               batch_size=cfg.eval.batch_size, teacher_path=teacher_dir, rank=rank(),
+                               world=world_size(), dtype=getattr(np, cfg.distill.cache_dtype),
+                               pad_id=data.tokenizer.pad_token_id, progress=is_main(), **cache_keys(cfg, data))
+
+
+def _teacher_word_embeddings(teacher_dir: Path) -> torch.Tensor:
+    """The teacher's word-embedding matrix from its safetensors, without building the model (SVD init)."""
+    from safetensors import safe_open
+
+    from xdt.errors import XdtError
+
+    for path in sorted(Path(teacher_dir).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                if key.endswith("embeddings.word_embeddings.weight"):
+                    return f.get_tensor(key)
+    raise XdtError(f"{teacher_dir}: no *embeddings.word_embeddings.weight in its safetensors files")
+
+
+def distill_step(cfg: RunConfig, data, teacher_dir: Path, out: Path) -> dict:
+    from transformers import AutoConfig
+
+    from xdt.distill.strategies import resolve_stages
+    from xdt.distill.teacher_cache import TeacherCache, teacher_weights_hash
+    from xdt.distill.teacher_train import teacher_device_dtype
+    from xdt.distill.train import cached_layers, distill, stage_reads_cache
     from xdt.models.student import build_student, count_parameters
 
     eager = cfg.distill.attention_loss != "none"
-    teacher = load_teacher_model(teacher_dir, data.labels, eager)
+    tcfg = AutoConfig.from_pretrained(str(teacher_dir))
+    cache = None
+    if cfg.distill.teacher_cache:
+        if not (Path(cfg.distill.teacher_cache) / "manifest.json").exists():
+            cache_step(cfg, data, teacher_dir)
+        layers = cached_layers(cfg, cfg.student.num_layers, tcfg.num_hidden_layers)
+        cache = TeacherCache.open(cfg.distill.teacher_cache, teacher_hash=teacher_weights_hash(teacher_dir),
+                                  layers_needed=layers, **cache_keys(cfg, data))
+    needs_live = any(s.losses.get(t, 0) > 0 for s in resolve_stages(cfg) if not stage_reads_cache(s, cache, cfg)
+                     for t in ("hidden", "attention", "logits"))
+    svd = cfg.student.embedding_init == "svd" and not cfg.student.init_from
+    teacher = load_teacher_model(teacher_dir, data.labels, eager) if needs_live or \
+        cfg.student.embedding_init == "teacher" else None
     torch.manual_seed(cfg.seed)  # the student's random initialisation is part of what a seed reproduces
     student = build_student(cfg.student, vocab_size=len(data.tokenizer), labels=data.labels, teacher=teacher,
-                            pad_token_id=data.tokenizer.pad_token_id,
+                            teacher_word_embeddings=_teacher_word_embeddings(teacher_dir) if svd and teacher is None
+                            else None, pad_token_id=data.tokenizer.pad_token_id,
                             attn_implementation="eager" if eager else None)
     dev, dtype = teacher_device_dtype()
-    result = distill(cfg, data, teacher, student, out, dev, dtype)
+    result = distill(cfg, data, teacher, student, out, dev, dtype, cache=cache, teacher_config=tcfg)
     return {"path": str(result.path), "best_dev_f1": result.best_dev_f1, "steps": result.steps,
-            "history": result.history, "teacher_parameters": count_parameters(teacher),
+            "history": result.history, "teacher_loaded": teacher is not None,
+            "teacher_parameters": count_parameters(teacher) if teacher is not None else None,
             "student_parameters": count_parameters(student)}
 
 

@@ -50,7 +50,8 @@ def train_teacher(cfg: RunConfig, data: TaskData, out_dir: str | Path) -> Teache
     model = build_teacher(tc, vocab_size=len(tokenizer), labels=data.labels, pad_token_id=tokenizer.pad_token_id)
     batcher = WindowBatcher(data.train.features, tokenizer.pad_token_id)
     world = world_size()
-    steps_per_epoch = batcher.num_batches(tc.batch_size, world)
+    accum = cfg.deepspeed.gradient_accumulation_steps
+    steps_per_epoch = max(1, batcher.num_batches(tc.batch_size, world) // accum)  # optimizer steps
     total = max(1, math.ceil(tc.epochs * steps_per_epoch))
     eval_every = tc.eval_every or steps_per_epoch
     ds_config = build_ds_config(cfg.deepspeed, tc.batch_size, world)
@@ -76,22 +77,27 @@ def train_teacher(cfg: RunConfig, data: TaskData, out_dir: str | Path) -> Teache
     stopped = bool(tc.early_stopping_patience) and bad >= tc.early_stopping_patience
     progress = progress_bar(total, "teacher")
     progress.update(step)
-    batches = batches_from(batcher, tc.batch_size, cfg.seed, step)
+    batches = batches_from(batcher, tc.batch_size, cfg.seed, step * accum)
     while step < total and not stopped:
-        batch = {k: v.to(engine.device) for k, v in next(batches).items()}
-        out = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        engine.backward(out.loss)
-        engine.step()
+        micro_losses = []
+        for _ in range(accum):  # DeepSpeed updates the weights at the accumulation boundary
+            batch = {k: v.to(engine.device) for k, v in next(batches).items()}
+            out = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         labels=batch["labels"])
+            engine.backward(out.loss)
+            engine.step()
+            micro_losses.append(out.loss.item())
         step += 1
         progress.update(1)
-        metrics.log(step, **{"teacher/loss": out.loss.item(), "teacher/lr": scheduler.get_last_lr()[0]})
+        loss_value = sum(micro_losses) / accum
+        metrics.log(step, **{"teacher/loss": loss_value, "teacher/lr": scheduler.get_last_lr()[0]})
         evaluated = step % eval_every == 0 or step == total
         if evaluated:
             dev = dev_score(engine.module, data.dev, data.labels, tokenizer.pad_token_id, cfg.eval.batch_size)
             metrics.log(step, **{"teacher/dev_f1": dev.mean_f1})
             progress.set_postfix(dev_f1=f"{dev.mean_f1:.2f}")
             if is_main():
-                log.info("teacher step %d/%d: loss %.4f, dev F1 %.2f", step, total, out.loss.item(), dev.mean_f1)
+                log.info("teacher step %d/%d: loss %.4f, dev F1 %.2f", step, total, loss_value, dev.mean_f1)
             if dev.mean_f1 > best:
                 best, bad = dev.mean_f1, 0
                 save_hf(engine.module, best_path, tokenizer, zero3=zero3)

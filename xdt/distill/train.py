@@ -28,6 +28,7 @@ from xdt.distill.losses import DistillLoss, HiddenProjector
 from xdt.distill.optim import make_optimizer, make_scheduler
 from xdt.distill.selection import dev_score
 from xdt.distill.strategies import resolve_stages
+from xdt.distill.teacher_cache import TeacherCache
 from xdt.distill.unfreeze import UnfreezePlan, keep_frozen_names
 from xdt.engine.distributed import init_distributed, is_main, rank, world_size
 from xdt.engine.ds_config import build_ds_config, zero_stage
@@ -87,7 +88,7 @@ class DistillResult:
     history: list[dict] = field(default_factory=list)  # one entry per (stage, unfreeze step)
 
 
-def stage_losses(stage: StageConfig, cfg: RunConfig, student, teacher, projector: HiddenProjector | None,
+def stage_losses(stage: StageConfig, cfg: RunConfig, student, teacher_config, projector: HiddenProjector | None,
                  key: str) -> tuple[DistillLoss | None, DistillLoss | None]:
     """(terms on the stage's distillation batches, the labels term on labeled batches) for one stage."""
     weights = {k: v for k, v in stage.losses.items() if v > 0}
@@ -96,15 +97,18 @@ def stage_losses(stage: StageConfig, cfg: RunConfig, student, teacher, projector
     if stage.data == "transfer" and "labels" in weights:
         raise ConfigError(f"{key}.losses: the labels term needs labeled data; set {key}.data to labeled or both")
     labels_w = weights.pop("labels", None) if stage.data == "both" else None
-    common = dict(student_layers=student.config.num_hidden_layers, teacher_layers=teacher.config.num_hidden_layers,
-                  student_hidden=student.config.hidden_size, teacher_hidden=teacher.config.hidden_size, key=key)
+    common = dict(student_layers=student.config.num_hidden_layers, teacher_layers=teacher_config.num_hidden_layers,
+                  student_hidden=student.config.hidden_size, teacher_hidden=teacher_config.hidden_size, key=key)
     distill = DistillLoss.from_config(cfg.distill, weights, projector=projector, **common) if weights else None
     labels = DistillLoss.from_config(cfg.distill, {"labels": labels_w}, **common) if labels_w else None
     return distill, labels
 
 
-def phase_steps(stage: StageConfig, batches_per_epoch: int) -> int:
-    return stage.steps if stage.steps > 0 else max(1, math.ceil(stage.epochs * batches_per_epoch))
+def phase_steps(stage: StageConfig, batches_per_epoch: int, accumulation: int = 1) -> int:
+    """Optimizer steps of one stage (or unfreeze step): `steps`, or `epochs` of this rank's micro-batches."""
+    if stage.steps > 0:
+        return stage.steps
+    return max(1, math.ceil(stage.epochs * batches_per_epoch / accumulation))
 
 
 def batches_from(batcher: WindowBatcher, batch_size: int, seed: int, start: int):
@@ -116,25 +120,44 @@ def batches_from(batcher: WindowBatcher, batch_size: int, seed: int, start: int)
         yield from batcher.epoch(batch_size, seed, e, rank=rank(), world=world)
 
 
-def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module, student: nn.Module, out_dir: str | Path,
-            teacher_device: torch.device | None = None, teacher_dtype: torch.dtype = torch.float32
-            ) -> DistillResult:
+def cached_layers(cfg: RunConfig, student_layers: int, teacher_layers: int) -> list[int]:
+    """Teacher hidden states the cache must hold: `distill.cache_layers`, or those the layer map pairs."""
+    if cfg.distill.cache_layers is not None:
+        return sorted(cfg.distill.cache_layers)
+    if not any(s.losses.get("hidden", 0) > 0 for s in resolve_stages(cfg)):
+        return []
+    return sorted({t for _, t in resolve_layer_map(cfg.distill.layer_map, student_layers, teacher_layers)
+                   if t >= 0})
+
+
+def stage_reads_cache(stage: StageConfig, cache: TeacherCache | None, cfg: RunConfig) -> bool:
+    """The cache holds the teacher outputs of the transfer set; attention maps are never cached."""
+    return cache is not None and stage.data != "labeled" and cfg.distill.attention_loss == "none"
+
+
+def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: nn.Module, out_dir: str | Path,
+            teacher_device: torch.device | None = None, teacher_dtype: torch.dtype = torch.float32,
+            cache: TeacherCache | None = None, teacher_config=None) -> DistillResult:
+    """`teacher` may be None when `cache` serves every stage that needs the teacher (pass `teacher_config`)."""
     # ---- setup
     init_distributed()
     out_dir = Path(out_dir)
     tokenizer = data.tokenizer
     stages = resolve_stages(cfg)
-    teacher.eval().requires_grad_(False)
-    teacher.to(device=teacher_device or torch.device("cpu"), dtype=teacher_dtype)
+    tcfg = teacher.config if teacher is not None else teacher_config
+    if teacher is not None:
+        teacher.eval().requires_grad_(False)
+        teacher.to(device=teacher_device or torch.device("cpu"), dtype=teacher_dtype)
+    if cache is not None:
+        cache.check_features(data.transfer.features)
     torch.manual_seed(cfg.seed)
     projector = None
     if any(s.losses.get("hidden", 0) > 0 for s in stages):
-        pairs = resolve_layer_map(cfg.distill.layer_map, student.config.num_hidden_layers,
-                                  teacher.config.num_hidden_layers)
-        projector = HiddenProjector(pairs, student.config.hidden_size, teacher.config.hidden_size,
+        pairs = resolve_layer_map(cfg.distill.layer_map, student.config.num_hidden_layers, tcfg.num_hidden_layers)
+        projector = HiddenProjector(pairs, student.config.hidden_size, tcfg.hidden_size,
                                     cfg.distill.projection_dropout)
     module = DistillStep(student, projector)
-    bs, world = cfg.distill.batch_size, world_size()
+    bs, world, accum = cfg.distill.batch_size, world_size(), cfg.deepspeed.gradient_accumulation_steps
     ds_config = build_ds_config(cfg.deepspeed, bs, world)
     zero3 = zero_stage(ds_config) == 3
     batchers = {"transfer": WindowBatcher(data.transfer.features, tokenizer.pad_token_id),
@@ -157,8 +180,12 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module, student: nn.Modu
         key = f"stages.{s_idx}" if cfg.distill.strategy is None else f"distill.strategy {cfg.distill.strategy} " \
                                                                       f"stage {s_idx} ({stage.name})"
         uses_hidden = stage.losses.get("hidden", 0) > 0
-        module.set_losses(*stage_losses(stage, cfg, student, teacher, projector if uses_hidden else None, key))
+        module.set_losses(*stage_losses(stage, cfg, student, tcfg, projector if uses_hidden else None, key))
         distill_loss = module._losses[0]
+        from_cache = stage_reads_cache(stage, cache, cfg)
+        if distill_loss is not None and distill_loss.needs_teacher and not from_cache and teacher is None:
+            raise XdtError(f"{key}: needs the teacher's outputs on {stage.data} data, which the teacher cache "
+                           "does not hold; run with the teacher loaded (distill.teacher_cache: null)")
         plan = UnfreezePlan(student, projector if uses_hidden else None, keep_frozen)
         if projector is not None and not uses_hidden:
             projector.requires_grad_(False)
@@ -176,7 +203,7 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module, student: nn.Modu
             torch.manual_seed(seed)
             trainable = plan.apply(phase) if phase is not None else plan.apply_all()
             params = [p for p in module.parameters() if p.requires_grad]
-            steps = phase_steps(stage, batchers[main_data].num_batches(bs, world))
+            steps = phase_steps(stage, batchers[main_data].num_batches(bs, world), accum)
             optimizer = make_optimizer(params, stage.lr)
             scheduler = make_scheduler(optimizer, stage.schedule, steps, stage.warmup_steps)
             engine, optimizer, _, scheduler = deepspeed.initialize(model=module, optimizer=optimizer,
@@ -188,8 +215,9 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module, student: nn.Modu
             label = f"{stage.name}" + (f" [{plan.group_names[phase]}]" if phase is not None else "")
             progress = progress_bar(steps, f"S{s_idx + 1} {label}")
             progress.update(start)
-            main_iter = batches_from(batchers[main_data], bs, seed, start)
-            labeled_iter = batches_from(batchers["labeled"], bs, seed + 7, start) if stage.data == "both" else None
+            main_iter = batches_from(batchers[main_data], bs, seed, start * accum)
+            labeled_iter = (batches_from(batchers["labeled"], bs, seed + 7, start * accum)
+                            if stage.data == "both" else None)
             first_loss = pos["first_loss"] if start else None
             loss_value = float("nan")
 
@@ -197,23 +225,29 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module, student: nn.Modu
                 return {"stage": s_idx, "phase": p_idx, "step": step, "phase_done": done,
                         "global_step": global_step, "best": best, "history": history, "first_loss": first_loss}
 
-            for step in range(start, steps):
-                batch = {k: v.to(engine.device) for k, v in next(main_iter).items()}
-                labeled = ({k: v.to(engine.device) for k, v in next(labeled_iter).items()}
-                           if labeled_iter is not None else None)
-                teacher_out = None
-                if distill_loss is not None and distill_loss.needs_teacher:
-                    with torch.no_grad():
-                        teacher_out = teacher(input_ids=batch["input_ids"].to(teacher.device),
-                                              attention_mask=batch["attention_mask"].to(teacher.device),
-                                              output_hidden_states=distill_loss.needs_hidden_states,
-                                              output_attentions=distill_loss.needs_attentions)
-                    teacher_out = _to(teacher_out, engine.device)
-                loss, terms = engine(batch, teacher_out, labeled)
-                engine.backward(loss)
-                engine.step()
+            for step in range(start, steps):  # optimizer steps; `accum` micro-batches each
+                terms: dict[str, torch.Tensor] = {}
+                micro_losses = []
+                for _ in range(accum):
+                    batch = {k: v.to(engine.device) for k, v in next(main_iter).items()}
+                    labeled = ({k: v.to(engine.device) for k, v in next(labeled_iter).items()}
+                               if labeled_iter is not None else None)
+                    teacher_out = None
+                    if distill_loss is not None and distill_loss.needs_teacher and from_cache:
+                        teacher_out = cache.batch(batch["window"], batch["input_ids"].shape[1], engine.device)
+                    elif distill_loss is not None and distill_loss.needs_teacher:
+                        with torch.no_grad():
+                            teacher_out = teacher(input_ids=batch["input_ids"].to(teacher.device),
+                                                  attention_mask=batch["attention_mask"].to(teacher.device),
+                                                  output_hidden_states=distill_loss.needs_hidden_states,
+                                                  output_attentions=distill_loss.needs_attentions)
+                        teacher_out = _to(teacher_out, engine.device)
+                    loss, terms = engine(batch, teacher_out, labeled)
+                    engine.backward(loss)
+                    engine.step()  # DeepSpeed updates the weights at the accumulation boundary
+                    micro_losses.append(loss.item())
                 global_step += 1
-                loss_value = loss.item()
+                loss_value = sum(micro_losses) / accum
                 first_loss = loss_value if first_loss is None else first_loss
                 progress.update(1)
                 metrics.log(global_step, **{"distill/loss": loss_value, "distill/stage": s_idx,

@@ -92,9 +92,11 @@ def label_maps(labels: Sequence[str]) -> dict:
 
 
 def student_hf_config(shape: StudentShape, *, vocab_size: int, labels: Sequence[str], pad_token_id: int = 0,
-                      max_position_embeddings: int = 512, type_vocab_size: int = 2) -> PretrainedConfig:
+                      max_position_embeddings: int = 512, type_vocab_size: int = 2,
+                      dropout: float = 0.1) -> PretrainedConfig:
     """A `BertConfig` (E == H) or an `ElectraConfig` with `embedding_size=E` (E < H)."""
     common = dict(vocab_size=vocab_size, hidden_size=shape.hidden_size, num_hidden_layers=shape.num_layers,
+                  hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
                   num_attention_heads=shape.num_heads, intermediate_size=shape.intermediate_size,
                   hidden_act="gelu", max_position_embeddings=max_position_embeddings,
                   type_vocab_size=type_vocab_size, pad_token_id=pad_token_id, **label_maps(labels))
@@ -134,7 +136,7 @@ def build_student(cfg: StudentConfig, *, vocab_size: int, labels: Sequence[str],
         config = student_hf_config(
             shape, vocab_size=vocab_size, labels=labels, pad_token_id=pad_token_id,
             max_position_embeddings=getattr(teacher_cfg, "max_position_embeddings", 512),
-            type_vocab_size=getattr(teacher_cfg, "type_vocab_size", 2))
+            type_vocab_size=getattr(teacher_cfg, "type_vocab_size", 2), dropout=cfg.dropout)
         model = model_class(config, task)(config)
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)

@@ -37,6 +37,7 @@ def build_teacher(cfg: TeacherConfig, *, vocab_size: int, labels: Sequence[str],
                           f"{cfg.num_heads}")
     config = BertConfig(vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
                         num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
+                        hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
                         pad_token_id=pad_token_id, **label_maps(labels))
     model = model_class(config, task)(config)
     if attn_implementation is not None:
