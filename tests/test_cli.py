@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import MBERT, SHARED_DATA, need
-from xdt.cli import RESERVED, main
+from xdt.cli import main
 
 XDT = shutil.which("xdt") or f"{sys.executable} -m xdt"
 
@@ -19,10 +19,13 @@ def run_xdt(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*XDT.split(), *args], capture_output=True, text=True, timeout=300)
 
 
-def test_help_lists_data_and_reserved_commands():
+COMMANDS = ["data", "run", "teacher", "distill", "export", "eval", "transfer", "slurm"]
+
+
+def test_help_lists_every_command():
     proc = run_xdt("--help")
     assert proc.returncode == 0
-    for name in ["data", *RESERVED]:
+    for name in COMMANDS:
         assert name in proc.stdout
 
 
@@ -85,7 +88,23 @@ def test_unknown_split_and_flag_misuse_exit_2(tmp_path, capsys):
     assert "no tokenizer files" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", sorted(RESERVED))
-def test_reserved_commands_say_so_and_exit_2(name, capsys):
-    assert main([name]) == 2
-    assert f"`xdt {name}` is not part of this release yet" in capsys.readouterr().err
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_has_help(name, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([name, "--help"])
+    assert done.value.code == 0
+    assert "usage: xdt" in capsys.readouterr().out
+
+
+def test_config_errors_exit_2_before_any_work(tmp_path, capsys):
+    assert main(["run", "student.hidden_sizee=3", f"output.dir={tmp_path}"]) == 2
+    assert "student.hidden_sizee: unknown key" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_export_refuses_a_non_empty_out_and_a_folder_without_a_model(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert "no HF model folder here" in capsys.readouterr().err
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"

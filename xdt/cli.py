@@ -16,9 +16,6 @@ from xdt import __version__
 from xdt.errors import Preempted, XdtError
 
 # Subcommands that later releases fill in; named now so that scripts and docs can rely on them.
-RESERVED = {
-    "slurm": "submit and follow SLURM jobs",
-}
 QUICKSTART = "configs/quickstart.yaml"
 
 
@@ -130,13 +127,6 @@ def _data_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reserved(name: str):
-    def run(args: argparse.Namespace) -> int:
-        raise XdtError(f"`xdt {name}` is not part of this release yet ({RESERVED[name]})")
-
-    return run
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xdt",
@@ -198,15 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=_export)
 
     from xdt.eval.cli import add_eval_parser
+    from xdt.slurm.cli import add_slurm_parser
     from xdt.transfer.cli import add_transfer_parser
 
     add_eval_parser(sub)
     add_transfer_parser(sub)
-
-    for name, text in RESERVED.items():
-        reserved = sub.add_parser(name, help=f"{text} (not in this release)")
-        reserved.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        reserved.set_defaults(func=_reserved(name))
+    add_slurm_parser(sub)
     return parser
 
 

@@ -8,6 +8,7 @@ Each step is one function of its own module; this file only chains them and reco
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -24,11 +25,19 @@ log = logging.getLogger(__name__)
 
 def prepare(cfg: RunConfig):
     """(data folder, tokenizer, task data) for a run: mock data and vocabulary generated when asked."""
-    from xdt.data.mock import materialize_mock
+    from xdt.config import MOCK
+    from xdt.data.mock import materialize_mock, materialize_mock_transfer
     from xdt.data.tokenizer import load_tokenizer
     from xdt.distill.data import load_task_data
+    from xdt.errors import ConfigError
 
     data_dir, tok_dir = materialize_mock(cfg)
+    if cfg.data.transfer == MOCK:
+        if cfg.data.path != MOCK:
+            raise ConfigError("data.transfer: 'mock' builds a code-switched set from the mock data; with real "
+                              "data name a set built by `xdt transfer build`, or null for the training text")
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+            cfg.data, transfer=str(materialize_mock_transfer(cfg, data_dir))))
     tokenizer = load_tokenizer(tok_dir)
     return data_dir, tokenizer, load_task_data(cfg, str(data_dir), tokenizer)
 

@@ -414,7 +414,10 @@ def _data_identity(path: str) -> str:
 
 
 def _materialize(final: Path, write: Callable[[Path], None], manifest: dict) -> Path:
-    """`final`, written by `write(tmp)` into a temporary folder beside it and renamed into place unless there."""
+    """`final`, written by `write(tmp)` into a temporary folder beside it and renamed into place unless there.
+
+    Several ranks may race here: a complete folder (with its manifest) is never removed, since another process
+    may be reading it; a folder without a manifest (an interrupted writer) is moved aside, then replaced."""
     if (final / MANIFEST).exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -422,18 +425,56 @@ def _materialize(final: Path, write: Callable[[Path], None], manifest: dict) -> 
     try:
         write(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        if final.exists():  # a folder without its manifest: an interrupted older writer; replace it
-            shutil.rmtree(final, ignore_errors=True)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process renamed the same entry first; theirs is identical
-            if not (final / MANIFEST).exists():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        for _ in range(2):
+            try:
+                os.rename(tmp, final)
+                return final
+            except OSError:
+                if (final / MANIFEST).exists():  # another process finished the same entry first; theirs is identical
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    return final
+                stale = Path(tempfile.mkdtemp(prefix=f".{final.name}.stale", dir=final.parent))
+                os.rename(final, stale / "old")  # an interrupted writer's folder: out of the way, then retry
+                shutil.rmtree(stale, ignore_errors=True)
+        raise OSError(f"{final}: could not be put in place")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final
+
+
+def write_mock_dictionaries(out_dir: str | Path, langs: Iterable[str]) -> Path:
+    """MUSE-format `en-{lang}.txt` for the mock languages: the templates' single-word cue words and titles, which
+    are translations of each other by construction (one `english foreign` pair per line)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    en = LANGUAGES["en"]
+    for lang in langs:
+        if lang == "en":
+            continue
+        spec = LANGUAGES[lang]
+        pairs = [(en.words[cue], spec.words[cue]) for cue in en.words
+                 if len(en.words[cue].split()) == 1 and len(spec.words.get(cue, "").split()) == 1]
+        pairs += list(zip(en.titles, spec.titles))
+        (out / f"en-{lang}.txt").write_text("".join(f"{a} {b}\n" for a, b in pairs), encoding="utf-8")
+    return out
+
+
+def materialize_mock_transfer(cfg: RunConfig, data_dir: Path, cache_root: str | Path | None = None) -> Path:
+    """A code-switched transfer set from the mock training split and the mock dictionaries (`data.transfer:
+    mock`): every training sentence once, plus a copy with cue words switched into the other mock languages."""
+    from xdt.transfer.mock import build_mock_transfer
+
+    root = Path(cache_root) if cache_root is not None else default_mock_root(cfg)
+    langs = list(cfg.data.mock.langs)
+    key = hashlib.sha256(json.dumps([str(data_dir), langs, cfg.seed, GENERATOR_VERSION]).encode()).hexdigest()[:16]
+
+    def write(tmp: Path) -> None:
+        dicts = write_mock_dictionaries(tmp / "dicts", langs)
+        build_mock_transfer(data_dir, dicts, tmp / "transfer", langs=langs, seed=cfg.seed,
+                            codeswitch={"targets": [lang for lang in langs if lang != "en"] or None})
+
+    manifest = {"kind": "transfer", "version": GENERATOR_VERSION, "data": str(data_dir), "langs": langs}
+    return _materialize(root / f"transfer-{key}", write, manifest) / "transfer"
 
 
 def default_mock_root(cfg: RunConfig) -> Path:

@@ -85,7 +85,8 @@ class EvalJobs:
 
     def merge_text(self, array_job_id: str) -> str:
         """The merge script, once the array's job id is known (the dry run shows `$ARRAY_JOB_ID`)."""
-        return render("eval-merge.sbatch", {**self._values, "array_job_id": array_job_id})
+        return render("eval-merge.sbatch", {**self._values, "array_job_id": array_job_id,
+                                            "job_name": f"{self.job_name}-merge"})
 
 
 def build_eval_jobs(spec: EvalSpec, res: Resources) -> EvalJobs:

@@ -8,6 +8,7 @@ bash would split or expand, and refused with an error naming the option or confi
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ def render(template: str, values: dict[str, object]) -> str:
 
 def safe_path(path: str | Path, what: str) -> str:
     """An absolute path that can stand unquoted in `#SBATCH` lines and bash; `what` names the flag or key."""
-    text = str(Path(path).absolute())
+    text = os.path.abspath(path)  # absolute and normalized (no `..`): the job may run from another folder
     bad = _UNSAFE.search(text)
     if bad:
         raise XdtError(f"{what}: {text!r} contains {bad.group()!r}; SLURM scripts need paths without spaces, "

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from xdt.errors import XdtError
-from xdt.slurm.submit import find_tool
+from xdt.slurm.submit import client_error, find_tool
 
 _FIELD = re.compile(r"(\S+?)=(.*?)(?=\s+\S+?=|$)")
 KEEP = ("JobId", "ArrayJobId", "ArrayTaskId", "JobName", "JobState", "Reason", "Restarts", "ExitCode", "RunTime",
@@ -41,7 +41,7 @@ def scontrol_jobs(job_id: str) -> list[dict[str, str]]:
     if done.returncode != 0:
         if "Invalid job id" in done.stderr:
             return []
-        raise XdtError(f"scontrol show job {job_id}: {done.stderr.strip() or done.returncode}")
+        raise client_error(f"scontrol show job {job_id}", done.stderr, done.returncode)
     return parse_scontrol(done.stdout)
 
 

@@ -22,6 +22,15 @@ def find_tool(name: str) -> str:
     return path
 
 
+def client_error(command: str, stderr: str, returncode: int) -> XdtError:
+    """One line for a failed SLURM client command, with what to do when it found no cluster."""
+    if "configuration source" in stderr or "Unable to contact slurm controller" in stderr:
+        return XdtError(f"{command}: no SLURM cluster answers (no slurm.conf found, or slurmctld down); on a login "
+                        f"node check SLURM_CONF, on one machine run `{LOCAL_CLUSTER}` and export what it prints")
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    return XdtError(f"{command}: {'; '.join(lines) or f'exit code {returncode}'}")
+
+
 def write_script(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     (path.parent / "logs").mkdir(exist_ok=True)  # SLURM does not create the folder of --output
@@ -40,8 +49,7 @@ def sbatch(script: Path, options: list[str] | None = None) -> str:
     except subprocess.TimeoutExpired:
         raise XdtError(f"sbatch {script}: no answer from slurmctld in 120 s") from None
     if done.returncode != 0:
-        message = (done.stderr or done.stdout).strip().replace("\n", "; ")
-        raise XdtError(f"sbatch {script}: {message or f'exit code {done.returncode}'}")
+        raise client_error(f"sbatch {script}", done.stderr or done.stdout, done.returncode)
     job_id = done.stdout.strip().split(";")[0]  # --parsable: jobid[;cluster]
     if not job_id.isdigit():
         raise XdtError(f"sbatch {script}: unexpected answer {done.stdout.strip()!r} (expected a job id)")

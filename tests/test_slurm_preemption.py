@@ -1,0 +1,107 @@
+"""xdt.engine.preemption with real signals (os.kill to this process) and two real gloo ranks where only one rank
+gets the signal. The requeue through a real `scontrol requeue` is in tests/test_slurm.py (needs the cluster)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from xdt.engine.preemption import EXIT_REQUEUE, Preemption
+
+
+def test_sigusr1_sets_the_flag_and_the_process_lives():
+    before = signal.getsignal(signal.SIGUSR1)
+    with Preemption() as stop:
+        assert not stop.should_stop(1)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.received == [signal.SIGUSR1]
+        assert stop.should_stop(2) and stop.reason == "signal" and stop.stop_step == 2
+        assert stop.should_stop(3) and stop.stop_step == 2  # stays stopped, at the step it first agreed on
+    assert signal.getsignal(signal.SIGUSR1) is before
+
+
+def test_sigterm_too_and_several_signals_are_all_recorded():
+    with Preemption() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.received == [signal.SIGTERM, signal.SIGUSR1]
+        assert stop.should_stop(1)
+
+
+def test_every_k_steps_checks_only_on_multiples():
+    with Preemption(every=3) as stop:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert not stop.should_stop(1) and not stop.should_stop(2)
+        assert stop.should_stop(3) and stop.stop_step == 3
+    with pytest.raises(ValueError, match="every"):
+        Preemption(every=0)
+
+
+def test_stop_file_stops_without_requeue(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    with Preemption(stop_file=tmp_path / "STOP") as stop:
+        assert not stop.should_stop(1)
+        (tmp_path / "STOP").touch()
+        assert stop.should_stop(2) and stop.reason == "stop file"
+        assert stop.requeue() is False  # a manual stop is not a preemption
+
+
+def test_requeue_only_inside_slurm_after_a_signal(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with Preemption() as stop:
+        assert stop.requeue() is False  # no stop agreed (e.g. a finished run)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.should_stop(1)
+        assert stop.requeue() is False  # not a SLURM job
+        monkeypatch.setenv("SLURM_JOB_ID", "123")
+        monkeypatch.setenv("PATH", str(tmp_path))  # no scontrol
+        assert stop.requeue() is False
+
+
+def test_exit_code_convention():
+    assert EXIT_REQUEUE == 75  # EX_TEMPFAIL: saved, not finished; documented in the module and the README
+
+
+# --------------------------------------------------------------------------------------------- two gloo ranks
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, world: int, port: int, every: int, signal_at: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    stop = Preemption(every=every).install()
+    stopped_at = None
+    for step in range(1, 41):
+        x = torch.ones(1)
+        dist.all_reduce(x)  # the training step's own collectives go on as usual
+        if rank == 1 and step == signal_at:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        if stop.should_stop(step):
+            stopped_at = step
+            break
+    Path(out, f"rank{rank}").write_text(f"{stopped_at} {stop.reason} {','.join(map(str, stop.received))}")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("every, signal_at, expected", [(1, 5, 5), (4, 5, 8)])
+def test_two_gloo_ranks_agree_when_only_one_got_the_signal(tmp_path, every, signal_at, expected):
+    mp.spawn(_rank, args=(2, _free_port(), every, signal_at, str(tmp_path)), nprocs=2, join=True)
+    r0 = (tmp_path / "rank0").read_text().split(" ")
+    r1 = (tmp_path / "rank1").read_text().split(" ")
+    assert r0 == [str(expected), "signal", ""]  # never signalled itself, stopped at the same step
+    assert r1 == [str(expected), "signal", str(int(signal.SIGUSR1))]

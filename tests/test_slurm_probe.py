@@ -1,0 +1,55 @@
+"""A stand-in for a training run, launched by the real slurm/train.sbatch in tests/test_slurm.py (no tests here).
+
+    python -m tests.test_slurm_probe run CONFIG [overrides...]      (the arguments `xdt run` would get)
+
+Each rank joins the gloo group torchrun set up, installs xdt's Preemption, and "trains" in 0.2 s steps, writing
+OUTPUT/probe/ready-<restart>-<rank> first. When the ranks agree to stop, each writes stopped-<restart>-<rank>
+(step, reason, signals it got itself), rank 0 runs `scontrol requeue`, and they exit 75 as xdt does. A requeued run
+(SLURM_RESTART_COUNT > 0) takes 3 steps and writes finished-<rank>.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch.distributed as dist
+
+from xdt.config import load_config
+from xdt.engine.preemption import EXIT_REQUEUE, Preemption
+
+
+def main(argv: list[str]) -> int:
+    cfg = load_config(argv[1], argv[2:])
+    out = Path(cfg.output.dir) / "probe"
+    out.mkdir(parents=True, exist_ok=True)
+    dist.init_process_group("gloo")
+    rank, restart = dist.get_rank(), int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    stop = Preemption(Path(cfg.output.dir) / cfg.output.stop_file if hasattr(cfg.output, "stop_file") else None)
+    stop.install()
+    (out / f"ready-{restart}-{rank}").write_text(str(os.getpid()))
+    code = 0
+    for step in range(1, 1500):
+        time.sleep(0.2)
+        if restart > 0 and step >= 3:
+            (out / f"finished-{rank}").write_text(str(step))
+            break
+        if stop.should_stop(step):
+            (out / f"stopped-{restart}-{rank}").write_text(
+                f"{step} {stop.reason} {','.join(str(s) for s in stop.received)}")
+            dist.barrier()  # "every rank saved"
+            if rank == 0:
+                (out / "requeued").write_text(str(stop.requeue()))
+            code = EXIT_REQUEUE
+            break
+    else:
+        code = 3  # no signal came
+    dist.barrier()
+    dist.destroy_process_group()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
