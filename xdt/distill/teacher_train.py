@@ -54,7 +54,7 @@ def train_teacher(cfg: RunConfig, data: TaskData, out_dir: str | Path) -> Teache
     steps_per_epoch = max(1, batcher.num_batches(tc.batch_size, world) // accum)  # optimizer steps
     total = max(1, math.ceil(tc.epochs * steps_per_epoch))
     eval_every = tc.eval_every or steps_per_epoch
-    ds_config = build_ds_config(cfg.deepspeed, tc.batch_size, world)
+    ds_config = build_ds_config(cfg.deepspeed, tc.batch_size, world, model.config.hidden_size)
     optimizer = make_optimizer(model.parameters(), tc.lr, weight_decay=0.01)
     scheduler = make_scheduler(optimizer, "linear", total, int(tc.warmup_ratio * total))
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,

@@ -158,7 +158,7 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
                                     cfg.distill.projection_dropout)
     module = DistillStep(student, projector)
     bs, world, accum = cfg.distill.batch_size, world_size(), cfg.deepspeed.gradient_accumulation_steps
-    ds_config = build_ds_config(cfg.deepspeed, bs, world)
+    ds_config = build_ds_config(cfg.deepspeed, bs, world, student.config.hidden_size)
     zero3 = zero_stage(ds_config) == 3
     batchers = {"transfer": WindowBatcher(data.transfer.features, tokenizer.pad_token_id),
                 "labeled": WindowBatcher(data.train.features, tokenizer.pad_token_id)}

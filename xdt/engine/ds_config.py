@@ -25,7 +25,11 @@ def resolve_path(path: str) -> Path:
     raise ConfigError(f"deepspeed.config: {path!r} does not exist")
 
 
-def build_ds_config(cfg: DeepSpeedConfig, micro_batch_size: int, world_size: int) -> dict:
+def build_ds_config(cfg: DeepSpeedConfig, micro_batch_size: int, world_size: int,
+                    hidden_size: int | None = None) -> dict:
+    """The config for `deepspeed.initialize`. `hidden_size` sizes ZeRO-3's buckets when the file leaves them out,
+    as the HF integration's "auto" does (reduce bucket H^2, prefetch 0.9 H^2, persistence 10 H): DeepSpeed's own
+    defaults (5e8 elements) allocate ~2 GB per rank whatever the model's size."""
     path = resolve_path(cfg.config)
     try:
         ds = json.loads(path.read_text())
@@ -44,13 +48,19 @@ def build_ds_config(cfg: DeepSpeedConfig, micro_batch_size: int, world_size: int
     ds["gradient_clipping"] = cfg.gradient_clipping
     for name in ("bf16", "fp16"):
         ds[name] = {**ds.get(name, {}), "enabled": cfg.precision == name}
-    zero = ds.get("zero_optimization", {})
+    zero = ds.setdefault("zero_optimization", {})
     stage = zero.get("stage", 0)
     if stage == 0 and ("offload_optimizer" in zero or "offload_param" in zero):
         raise ConfigError(f"deepspeed.config: {path} offloads on ZeRO stage 0; offload needs stage 1-3 "
                           "(parameters: stage 3)")
     if "offload_param" in zero and stage != 3:
         raise ConfigError(f"deepspeed.config: {path} offloads parameters on ZeRO stage {stage}; only stage 3 can")
+    if stage == 3 and hidden_size:
+        for key, value in (("reduce_bucket_size", hidden_size * hidden_size),
+                           ("stage3_prefetch_bucket_size", int(0.9 * hidden_size * hidden_size)),
+                           ("stage3_param_persistence_threshold", 10 * hidden_size)):
+            if zero.get(key, "auto") == "auto":
+                zero[key] = value
     leftover = [k for k, v in _walk(ds) if v == "auto"]
     if leftover:
         raise ConfigError(f"deepspeed.config: {path} leaves {', '.join(leftover)} as \"auto\"; xdt fills only "
