@@ -139,6 +139,18 @@ def test_sigkill_then_resume_auto_gives_the_same_curve_and_weights(workdir, rank
             (ref / "student_best" / "model.safetensors").read_bytes()
 
 
+@pytest.mark.parametrize("zero", ["2_offload", "3_offload"])
+def test_offload_runs_resume_within_1e_6(workdir, zero):
+    ref = reference(workdir, 1, zero, ("output.checkpoint_every=1",))
+    out = workdir / f"killed-offload-{zero}"
+    cmd = command(workdir, out, 1, zero, ["output.checkpoint_every=1"])
+    kill_at(cmd, out, len(curve(ref)) // 2)
+    run(cmd + ["--resume", "auto"])
+    a, b = final_weights(out), final_weights(ref)
+    assert max((a[n] - b[n]).abs().max().item() for n in a) <= 1e-6
+    assert [r[0] for r in curve(out)] == [r[0] for r in curve(ref)]
+
+
 def test_truncated_checkpoint_is_never_loaded(workdir):
     from xdt.engine.checkpoint import MARKER, Checkpointer
     from xdt.errors import XdtError

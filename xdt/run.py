@@ -148,11 +148,11 @@ def distill_step(cfg: RunConfig, data, teacher_dir: Path, out: Path) -> dict:
                             else None, pad_token_id=data.tokenizer.pad_token_id,
                             attn_implementation="eager" if eager else None)
     dev, dtype = teacher_device_dtype()
+    sizes = {"teacher_parameters": count_parameters(teacher) if teacher is not None else None,
+             "student_parameters": count_parameters(student)}  # before ZeRO-3 partitions them
     result = distill(cfg, data, teacher, student, out, dev, dtype, cache=cache, teacher_config=tcfg)
     return {"path": str(result.path), "best_dev_f1": result.best_dev_f1, "steps": result.steps,
-            "history": result.history, "teacher_loaded": teacher is not None,
-            "teacher_parameters": count_parameters(teacher) if teacher is not None else None,
-            "student_parameters": count_parameters(student)}
+            "history": result.history, "teacher_loaded": teacher is not None, **sizes}
 
 
 def evaluate_step(cfg: RunConfig, student_dir: Path, teacher_dir: Path, data_dir: Path, out: Path) -> dict:

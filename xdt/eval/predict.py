@@ -35,7 +35,7 @@ def padded_batches(features: AlignedFeatures, batch_size: int, pad_id: int):
         yield idx, ids, mask, words
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: ZeRO-3 gathers parameters here, and they must stay trainable
 def predict_label_ids(model: torch.nn.Module, features: AlignedFeatures, batch_size: int, pad_id: int,
                       device: torch.device, progress=None) -> np.ndarray:
     """The argmax label id of every word, flat in sentence order (sentence 0's words, then sentence 1's, ...)."""
