@@ -210,3 +210,21 @@ def test_cached_teacher_gives_the_live_curve_to_fp16_rounding_and_stale_caches_a
     cmd = [c.replace(f"teacher.model={workdir / 'teacher'}", f"teacher.model={other}") for c in cmd]
     proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "stale teacher cache: teacher_hash" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_export_consolidates_a_two_rank_zero3_checkpoint(workdir):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForTokenClassification
+
+    from xdt.cli import main
+
+    ref = reference(workdir, 2, 3)
+    out = workdir / "export-zero3"
+    assert main(["export", str(ref / "checkpoints" / "distill"), "--out", str(out),
+                 "--tokenizer", str(ref / "student_best")]) == 0
+    exported = load_file(out / "model.safetensors")
+    consolidated = {k.removeprefix("student."): v for k, v in final_weights(ref).items() if k.startswith("student.")}
+    assert exported.keys() <= consolidated.keys()
+    assert all(torch.equal(exported[k], consolidated[k]) for k in exported)
+    model = AutoModelForTokenClassification.from_pretrained(out)  # plain transformers, no xdt
+    assert model.config.id2label[0] == "O" and model.config.model_type == "electra"

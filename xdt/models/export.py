@@ -18,8 +18,47 @@ from xdt.errors import XdtError
 TASK_CLASSES = {"token": "AutoModelForTokenClassification", "sequence": "AutoModelForSequenceClassification"}
 
 
+def checkpoint_tag(checkpoint: str | Path) -> tuple[Path, str] | None:
+    """(checkpoint root, tag) when `checkpoint` is a DeepSpeed checkpoint of xdt's: a root with `latest`, or a
+    tag folder with its completion marker."""
+    from xdt.engine.checkpoint import MARKER, Checkpointer
+
+    path = Path(checkpoint)
+    if (path / MARKER).exists():
+        return path.parent, path.name
+    for root in (path, path / "checkpoints" / "distill"):
+        found = Checkpointer(root).latest() if (root / "latest").exists() else None
+        if found:
+            return root, found[0]
+    return None
+
+
+def consolidate(root: Path, tag: str):
+    """The student of a DeepSpeed checkpoint (any ZeRO stage, shards of every rank) through zero_to_fp32, in the
+    architecture of the run's saved student (`student_best/config.json`)."""
+    import transformers
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from transformers import AutoConfig
+
+    run_dir = root.parent.parent
+    model_dir = run_dir / ("teacher" if root.name == "teacher" else "student_best")
+    if not (model_dir / "config.json").is_file():
+        raise XdtError(f"{root}: no {model_dir}/config.json to rebuild the model from")
+    config = AutoConfig.from_pretrained(str(model_dir))
+    state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag)
+    prefix = "student." if root.name != "teacher" else ""
+    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    model = getattr(transformers, TASK_CLASSES[_task(config)]).from_config(config)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if k not in getattr(model, "_tied_weights_keys", None) or []]
+    if missing or unexpected:
+        raise XdtError(f"{root / tag}: checkpoint does not fit {model_dir}/config.json "
+                       f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return model.eval(), model_dir
+
+
 def find_model_folder(checkpoint: str | Path) -> Path:
-    """The HF folder inside what a user calls a checkpoint: a run folder, a checkpoint tag, or the folder itself."""
+    """The HF folder inside what a user calls a checkpoint: a run folder or the model folder itself."""
     path = Path(checkpoint)
     if not path.exists():
         raise XdtError(f"{path}: checkpoint not found")
@@ -40,17 +79,23 @@ def export_model(checkpoint: str | Path, out: str | Path, tokenizer_dir: str | P
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
-    src = find_model_folder(checkpoint)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise XdtError(f"{out}: exists and is not empty; choose another --out or pass --overwrite")
-    config = AutoConfig.from_pretrained(str(src))
+    tagged = checkpoint_tag(checkpoint) if not (Path(checkpoint) / "config.json").exists() else None
+    if tagged is not None:  # a DeepSpeed checkpoint (ZeRO-3 included): consolidated through zero_to_fp32
+        model, src = consolidate(*tagged)
+        config = model.config
+    else:
+        src = find_model_folder(checkpoint)
+        config = AutoConfig.from_pretrained(str(src))
     generic = all(str(v).startswith("LABEL_") for v in (config.id2label or {}).values())
     if not config.id2label or generic:
         raise XdtError(f"{src}/config.json: id2label is missing or generic ({config.id2label}); the export needs "
                        "label names")
     auto = getattr(transformers, TASK_CLASSES[_task(config)])
-    model = auto.from_pretrained(str(src), use_safetensors=True).eval()
+    if tagged is None:
+        model = auto.from_pretrained(str(src), use_safetensors=True).eval()
     tok_src = Path(tokenizer_dir) if tokenizer_dir else src
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tok_src))
