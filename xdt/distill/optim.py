@@ -9,7 +9,9 @@ import torch
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(list(params), lr=lr, weight_decay=weight_decay)
+    """AdamW with the fused kernel (CPU and CUDA): on a 15M-parameter mBERT embedding table the loop version
+    spends ~150 ms per CPU step, the fused one ~10 ms (benchmarks/distill_step.py)."""
+    return torch.optim.AdamW(list(params), lr=lr, weight_decay=weight_decay, fused=True)
 
 
 def lr_factor(schedule: str, step: int, total: int, warmup: int, floor: float = 1e-5) -> float:
