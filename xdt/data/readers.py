@@ -16,7 +16,7 @@ Every problem with a file is one `DataError` naming `file:line` and what was exp
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 

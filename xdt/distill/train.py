@@ -23,7 +23,7 @@ from torch import nn
 
 from xdt.config import RunConfig, StageConfig
 from xdt.data.batching import WindowBatcher
-from xdt.distill.data import SplitData, TaskData
+from xdt.distill.data import TaskData
 from xdt.distill.losses import DistillLoss, HiddenProjector
 from xdt.distill.optim import make_optimizer, make_scheduler
 from xdt.distill.selection import dev_score
@@ -33,8 +33,8 @@ from xdt.distill.unfreeze import UnfreezePlan, keep_frozen_names
 from xdt.engine.distributed import init_distributed, is_main, rank, world_size
 from xdt.engine.ds_config import build_ds_config, zero_stage
 from xdt.engine.hf_save import save_hf
-from xdt.engine.metrics import MetricsLog, progress_bar
 from xdt.engine.checkpoint import Checkpointer
+from xdt.engine.metrics import MetricsLog, progress_bar
 from xdt.engine.preemption import Preemption
 from xdt.errors import ConfigError, Preempted, XdtError
 from xdt.models.layer_map import resolve_layer_map
@@ -309,7 +309,3 @@ def _to(output, dev: torch.device):
 
     return {"logits": move(output.logits), "hidden_states": move(getattr(output, "hidden_states", None)),
             "attentions": move(getattr(output, "attentions", None))}
-
-
-def split_languages(split: SplitData) -> list[str]:
-    return sorted(set(split.langs))
