@@ -106,5 +106,8 @@ def test_export_refuses_a_non_empty_out_and_a_folder_without_a_model(tmp_path, c
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
-    assert "no HF model folder here" in capsys.readouterr().err
+    assert "out: exists and is not empty; choose another --out or pass --overwrite" in capsys.readouterr().err
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "new")]) == 2
+    assert "no HF model folder here" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
