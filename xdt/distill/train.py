@@ -201,6 +201,11 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
             # ---- one unfreeze step: what trains, optimizer, schedule, engine
             seed = cfg.seed + 1000 * s_idx + p_idx
             torch.manual_seed(seed)
+            if pending_load is not None and pending_load[1] and zero3:
+                # a finished unfreeze step's weights into the next one: ZeRO-3 cannot load a checkpoint whose
+                # frozen set differs from the new engine's, so consolidate it and load before partitioning
+                module.load_state_dict(ckpt.consolidated(pending_load[0]))
+                pending_load = None
             trainable = plan.apply(phase) if phase is not None else plan.apply_all()
             params = [p for p in module.parameters() if p.requires_grad]
             steps = phase_steps(stage, batchers[main_data].num_batches(bs, world), accum)

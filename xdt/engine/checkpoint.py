@@ -86,6 +86,14 @@ class Checkpointer:
         if not module_only and client and "rng" in client:
             set_rng_state(client["rng"])
 
+    def consolidated(self, tag: str) -> dict[str, torch.Tensor]:
+        """The full fp32 state dict of `tag`, gathered from every rank's shards (DeepSpeed's zero_to_fp32)."""
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        if not (self.root / tag / MARKER).exists():
+            raise XdtError(f"{self.root / tag}: incomplete checkpoint (no {MARKER}); refusing to load it")
+        return get_fp32_state_dict_from_zero_checkpoint(str(self.root), tag)
+
     def _prune(self, keep: str) -> None:
         if self.keep_last <= 0:
             return

@@ -18,20 +18,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def ensure_rendezvous_env() -> None:
+def ensure_rendezvous_env() -> bool:
+    """Set RANK/WORLD_SIZE/... when no launcher did; True when xdt chose the port itself (a lone process)."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         env.setdefault("LOCAL_RANK", "0")
-        return
+        return False
     if "SLURM_PROCID" in env and "MASTER_ADDR" in env:  # srun tasks, one process per task
         env["RANK"] = env["SLURM_PROCID"]
         env["WORLD_SIZE"] = env.get("SLURM_NTASKS", "1")
         env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
         env.setdefault("MASTER_PORT", "29500")
-        return
+        return False
     env.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
     env.setdefault("MASTER_ADDR", "127.0.0.1")
-    env.setdefault("MASTER_PORT", str(_free_port()))
+    if "MASTER_PORT" in env:
+        return False
+    env["MASTER_PORT"] = str(_free_port())
+    return True
 
 
 def init_distributed() -> None:
@@ -40,12 +44,20 @@ def init_distributed() -> None:
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return
-    ensure_rendezvous_env()
+    own_port = ensure_rendezvous_env()
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
-                               auto_mpi_discovery=False)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    for attempt in range(5):
+        try:
+            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+            return
+        except torch.distributed.DistNetworkError:
+            # the free port we picked was taken before the store bound it (another process on this machine)
+            if not own_port or attempt == 4:
+                raise
+            os.environ["MASTER_PORT"] = str(_free_port())
 
 
 def rank() -> int:
