@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,8 +18,11 @@ XDT = shutil.which("xdt") or f"{sys.executable} -m xdt"
 
 @pytest.mark.slow
 def test_quickstart_runs_offline_and_prints_the_per_language_table(tmp_path):
+    # not the rendezvous of this pytest process (earlier tests initialised torch.distributed in it)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     proc = subprocess.run([*XDT.split(), "run", f"output.dir={tmp_path / 'run'}", f"data.cache_dir={tmp_path}"],
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     for lang in ("en", "de", "ru", "ar", "hi"):

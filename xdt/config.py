@@ -50,6 +50,8 @@ class MockDataConfig:
 @dataclass
 class DataConfig:
     path: str = _path(default=MOCK)  # a data folder or file (any format of xdt.data.readers), or `mock`
+    task: Literal["token", "sequence"] = "token"  # sequence: text<TAB>label / a<TAB>b<TAB>label files
+    labels: list[str] | None = None  # label order of a sequence task; None: the sorted train labels
     format: Literal["xtreme", "raw", "xtremedistil", "hf", "text"] | None = None  # None: detect
     langs: list[str] | None = None  # None: every language found
     train_split: str = "train"
@@ -385,5 +387,13 @@ def check_config(cfg: RunConfig) -> None:
     if cfg.distill.teacher_cache and cfg.distill.attention_loss != "none":
         raise ConfigError("distill.teacher_cache: attention maps are not cached; set distill.attention_loss: none "
                           "or run the teacher on the fly (distill.teacher_cache: null)")
+    if cfg.data.task == "sequence":
+        for key, value in (("data.path", cfg.data.path), ("tokenizer.path", cfg.tokenizer.path)):
+            if value == MOCK:
+                raise ConfigError(f"{key}: mock data is NER only; data.task sequence reads text<TAB>label or "
+                                  "a<TAB>b<TAB>label files and a real tokenizer")
+        if cfg.distill.teacher_cache:
+            raise ConfigError("distill.teacher_cache: caches per-token outputs (NER); data.task sequence runs the "
+                              "teacher on the fly (distill.teacher_cache: null)")
     if cfg.distill.strategy is None and not cfg.stages:
         raise ConfigError("stages: empty while distill.strategy is null; name a strategy or list the stages")

@@ -32,6 +32,11 @@ def prepare(cfg: RunConfig):
     from xdt.errors import ConfigError
 
     data_dir, tok_dir = materialize_mock(cfg)
+    if cfg.data.task == "sequence":
+        from xdt.data.classification import load_classification_data
+
+        tokenizer = load_tokenizer(tok_dir)
+        return data_dir, tokenizer, load_classification_data(cfg, data_dir, tokenizer, cfg.data.labels)
     if cfg.data.transfer == MOCK:
         if cfg.data.path != MOCK:
             raise ConfigError("data.transfer: 'mock' builds a code-switched set from the mock data; with real "
@@ -42,14 +47,15 @@ def prepare(cfg: RunConfig):
     return data_dir, tokenizer, load_task_data(cfg, str(data_dir), tokenizer)
 
 
-def load_teacher_model(path: str | Path, labels: list[str], eager: bool):
+def load_teacher_model(path: str | Path, labels: list[str], eager: bool, task: str = "token"):
     """A fine-tuned teacher folder for inference. Its label order must be the run's."""
-    from transformers import AutoModelForTokenClassification
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     from xdt.errors import XdtError
 
     kwargs = {"attn_implementation": "eager"} if eager else {}
-    model = AutoModelForTokenClassification.from_pretrained(str(path), use_safetensors=True, **kwargs)
+    auto = AutoModelForSequenceClassification if task == "sequence" else AutoModelForTokenClassification
+    model = auto.from_pretrained(str(path), use_safetensors=True, **kwargs)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if names != list(labels):
         raise XdtError(f"{path}: teacher labels {names} differ from the data's {labels}; fine-tune the teacher on "
@@ -59,12 +65,13 @@ def load_teacher_model(path: str | Path, labels: list[str], eager: bool):
 
 def train_teacher_step(cfg: RunConfig, data, out: Path) -> dict:
     """Fine-tune the teacher, or (resuming) take the one an earlier attempt of this run finished."""
+    from xdt.distill.classify import loop_kwargs
     from xdt.distill.teacher_train import train_teacher
 
     done = out / "teacher_done.json"
     if cfg.output.resume == "auto" and done.exists():
         return json.loads(done.read_text())
-    result = train_teacher(cfg, data, out)
+    result = train_teacher(cfg, data, out, task=cfg.data.task, **loop_kwargs(cfg, data))
     summary = {"path": str(result.path), "best_dev_f1": result.best_dev_f1, "steps": result.steps,
                "stopped_early": result.stopped_early}
     if is_main():
@@ -122,6 +129,7 @@ def _teacher_word_embeddings(teacher_dir: Path) -> torch.Tensor:
 def distill_step(cfg: RunConfig, data, teacher_dir: Path, out: Path) -> dict:
     from transformers import AutoConfig
 
+    from xdt.distill.classify import loop_kwargs
     from xdt.distill.strategies import resolve_stages
     from xdt.distill.teacher_cache import TeacherCache, teacher_weights_hash
     from xdt.distill.teacher_train import teacher_device_dtype
@@ -140,17 +148,19 @@ def distill_step(cfg: RunConfig, data, teacher_dir: Path, out: Path) -> dict:
     needs_live = any(s.losses.get(t, 0) > 0 for s in resolve_stages(cfg) if not stage_reads_cache(s, cache, cfg)
                      for t in ("hidden", "attention", "logits"))
     svd = cfg.student.embedding_init == "svd" and not cfg.student.init_from
-    teacher = load_teacher_model(teacher_dir, data.labels, eager) if needs_live or \
+    teacher = load_teacher_model(teacher_dir, data.labels, eager, cfg.data.task) if needs_live or \
         cfg.student.embedding_init == "teacher" else None
     torch.manual_seed(cfg.seed)  # the student's random initialisation is part of what a seed reproduces
-    student = build_student(cfg.student, vocab_size=len(data.tokenizer), labels=data.labels, teacher=teacher,
+    student = build_student(cfg.student, vocab_size=len(data.tokenizer), labels=data.labels, task=cfg.data.task,
+                            teacher=teacher,
                             teacher_word_embeddings=_teacher_word_embeddings(teacher_dir) if svd and teacher is None
                             else None, pad_token_id=data.tokenizer.pad_token_id,
                             attn_implementation="eager" if eager else None)
     dev, dtype = teacher_device_dtype()
     sizes = {"teacher_parameters": count_parameters(teacher) if teacher is not None else None,
              "student_parameters": count_parameters(student)}  # before ZeRO-3 partitions them
-    result = distill(cfg, data, teacher, student, out, dev, dtype, cache=cache, teacher_config=tcfg)
+    result = distill(cfg, data, teacher, student, out, dev, dtype, cache=cache, teacher_config=tcfg,
+                     **loop_kwargs(cfg, data))
     return {"path": str(result.path), "best_dev_f1": result.best_dev_f1, "steps": result.steps,
             "history": result.history, "teacher_loaded": teacher is not None, **sizes}
 
@@ -196,14 +206,24 @@ def run(cfg: RunConfig) -> dict:
         student_dir = export_model(distilled["path"], out / "student", overwrite=True)
         timings["export_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        report = evaluate_step(cfg, student_dir, Path(teacher["path"]), data_dir, out / "eval")
+        if cfg.data.task == "sequence":
+            from xdt.distill.classify import evaluate_classifiers, report_lines
+
+            report = evaluate_classifiers(cfg, {"student": student_dir, "teacher": teacher["path"]}, data_dir,
+                                          tokenizer, data.labels, out / "eval")
+            lines = report_lines(report)
+            scores = {"mean_accuracy": report["student"]["mean_accuracy"],
+                      "teacher_mean_accuracy": report["teacher"]["mean_accuracy"]}
+        else:
+            report = evaluate_step(cfg, student_dir, Path(teacher["path"]), data_dir, out / "eval")
+            lines = summary_lines(report)
+            scores = {"mean_f1": report["mean_f1"], "teacher_mean_f1": report.get("teacher", {}).get("mean_f1")}
         timings["eval_s"] = time.perf_counter() - t
-        summary.update({"student": str(student_dir), "eval": str(out / "eval" / "report.json"),
-                        "mean_f1": report["mean_f1"], "teacher_mean_f1": report.get("teacher", {}).get("mean_f1")})
+        summary.update({"student": str(student_dir), "eval": str(out / "eval" / "report.json"), **scores})
         timings["total_s"] = time.perf_counter() - t0
         summary["timing"] = {k: round(v, 2) for k, v in timings.items()}
         (out / "run.json").write_text(json.dumps(summary, indent=2, default=str))
-        print("\n".join(summary_lines(report)))
+        print("\n".join(lines))
         print(f"report: {out / 'eval' / 'report.md'}  student: {student_dir}  ({timings['total_s']:.0f} s)")
     shutdown()
     return summary

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = {2: "text<TAB>label", 3: "sentence1<TAB>sentence2<TAB>label"}
 UNLABELED_FORMATS = {1: "text", 2: "sentence1<TAB>sentence2"}
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _LANG_FILE = re.compile(r"^(?P<split>.+)-(?P<lang>[A-Za-z0-9_]+)\.tsv$")
 
 
@@ -97,8 +98,8 @@ def read_classification(path: str | Path, lang: str | None = None, labels: Seque
 def split_files(root: str | Path, split: str, langs: Sequence[str] | None = None) -> list[tuple[str | None, Path]]:
     """(language or None, file) of a split: `{split}-{lang}.tsv` files, else `{split}.tsv`."""
     root = Path(root)
-    if root.is_file():
-        return [(None, root)]
+    if root.is_file():  # one file cannot hold both train and dev: model selection would see the training data
+        raise DataError(root, f"expected a data folder holding {split}.tsv or {split}-{{lang}}.tsv, got a file")
     if not root.is_dir():
         raise DataError(root, "data folder not found")
     per_lang = {}
@@ -256,6 +257,12 @@ class ClassificationBatcher:
         return total // world
 
 
+def model_inputs(batch: dict) -> dict:
+    """The encoder inputs of a batch (of this batcher or `WindowBatcher`): ids, attention mask and, when the batch
+    has them, token types (sentence pairs)."""
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+
 # --------------------------------------------------------------------------------------------- a run's data
 
 
@@ -296,9 +303,7 @@ def load_classification_data(cfg, data_path: str | Path, tokenizer, labels: Sequ
     labels = list(labels) if labels is not None else label_set(train)
     label2id = {t: i for i, t in enumerate(labels)}
     train_split = make_split(train, tokenizer, d.max_seq_length, label2id)
-    dev_examples = read_split(data_path, d.dev_split, d.langs, labels, d.limit)
-    dev = {lang: make_split([e for e in dev_examples if e.lang == lang], tokenizer, d.max_seq_length, label2id)
-           for lang in sorted({e.lang for e in dev_examples})}
+    dev = per_language_split(cfg, data_path, tokenizer, labels, d.dev_split)
     if d.transfer and need_transfer:
         transfer = make_split(read_transfer(d.transfer), tokenizer, d.max_seq_length, None)
     else:  # the source task's own text, labels ignored
@@ -306,6 +311,17 @@ def load_classification_data(cfg, data_path: str | Path, tokenizer, labels: Sequ
                                               "labels": np.full(len(train), IGNORE_INDEX, np.int64)})
         transfer = ClassificationSplit(train, unlabeled, train_split.langs)
     return ClassificationData(labels, tokenizer, train_split, dev, transfer)
+
+
+def per_language_split(cfg, data_path: str | Path, tokenizer, labels: Sequence[str], split: str,
+                       limit: int | None = None) -> dict[str, ClassificationSplit]:
+    """One split (dev, test) by language, for per-language scores (`xdt.distill.classify.dev_accuracy`).
+    `limit`: examples per language (None: `cfg.data.limit`, which applies to train and dev; 0: all)."""
+    d = cfg.data
+    examples = read_split(data_path, split, d.langs, labels, d.limit if limit is None else limit)
+    label2id = {t: i for i, t in enumerate(labels)}
+    return {lang: make_split([e for e in examples if e.lang == lang], tokenizer, d.max_seq_length, label2id)
+            for lang in sorted({e.lang for e in examples})}
 
 
 def read_transfer(path: str | Path) -> list[Example]:
@@ -317,5 +333,9 @@ def read_transfer(path: str | Path) -> list[Example]:
     out: list[Example] = []
     for f in files:
         m = _LANG_FILE.match(f.name)
-        out += read_classification(f, m["lang"] if m else None, unlabeled=True)
+        examples = read_classification(f, m["lang"] if m else None, unlabeled=True)
+        if out and (examples[0].text_b is None) != (out[0].text_b is None):
+            raise DataError(f, f"holds {'single sentences' if examples[0].text_b is None else 'pairs'}, "
+                            f"{files[0].name} the other format; a transfer set has the task's one format")
+        out += examples
     return out

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import deepspeed
 import torch
+from torch import nn
 
 from xdt.config import RunConfig
 from xdt.data.batching import WindowBatcher
+from xdt.data.classification import model_inputs
 from xdt.distill.data import TaskData
 from xdt.distill.optim import make_optimizer, make_scheduler
 from xdt.distill.selection import dev_score
@@ -27,6 +30,7 @@ from xdt.engine.checkpoint import Checkpointer
 from xdt.engine.metrics import MetricsLog, progress_bar
 from xdt.engine.preemption import Preemption
 from xdt.errors import Preempted
+from xdt.models.student import Task
 from xdt.models.teacher import build_teacher
 
 log = logging.getLogger(__name__)
@@ -40,15 +44,22 @@ class TeacherResult:
     stopped_early: bool
 
 
-def train_teacher(cfg: RunConfig, data: TaskData, out_dir: str | Path) -> TeacherResult:
+def train_teacher(cfg: RunConfig, data: TaskData, out_dir: str | Path, *, task: Task = "token",
+                  model: nn.Module | None = None, batcher_cls=WindowBatcher,
+                  score_fn: Callable[[nn.Module], float] | None = None) -> TeacherResult:
+    """`score_fn(model)`: the dev score that selects and stops (default: mean per-language entity F1)."""
     # ---- setup
     init_distributed()
     torch.manual_seed(cfg.seed)
     out_dir = Path(out_dir)
     tokenizer = data.tokenizer
     tc = cfg.teacher
-    model = build_teacher(tc, vocab_size=len(tokenizer), labels=data.labels, pad_token_id=tokenizer.pad_token_id)
-    batcher = WindowBatcher(data.train.features, tokenizer.pad_token_id)
+    if model is None:
+        model = build_teacher(tc, vocab_size=len(tokenizer), labels=data.labels, task=task,
+                              pad_token_id=tokenizer.pad_token_id)
+    batcher = batcher_cls(data.train.features, tokenizer.pad_token_id)
+    score_fn = score_fn or (lambda m: dev_score(m, data.dev, data.labels, tokenizer.pad_token_id,
+                                                cfg.eval.batch_size).mean_f1)
     world = world_size()
     accum = cfg.deepspeed.gradient_accumulation_steps
     steps_per_epoch = max(1, batcher.num_batches(tc.batch_size, world) // accum)  # optimizer steps
@@ -82,8 +93,7 @@ def train_teacher(cfg: RunConfig, data: TaskData, out_dir: str | Path) -> Teache
         micro_losses = []
         for _ in range(accum):  # DeepSpeed updates the weights at the accumulation boundary
             batch = {k: v.to(engine.device) for k, v in next(batches).items()}
-            out = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         labels=batch["labels"])
+            out = engine(**model_inputs(batch), labels=batch["labels"])
             engine.backward(out.loss)
             engine.step()
             micro_losses.append(out.loss.item())
@@ -93,13 +103,13 @@ def train_teacher(cfg: RunConfig, data: TaskData, out_dir: str | Path) -> Teache
         metrics.log(step, **{"teacher/loss": loss_value, "teacher/lr": scheduler.get_last_lr()[0]})
         evaluated = step % eval_every == 0 or step == total
         if evaluated:
-            dev = dev_score(engine.module, data.dev, data.labels, tokenizer.pad_token_id, cfg.eval.batch_size)
-            metrics.log(step, **{"teacher/dev_f1": dev.mean_f1})
-            progress.set_postfix(dev_f1=f"{dev.mean_f1:.2f}")
+            score = score_fn(engine.module)
+            metrics.log(step, **{"teacher/dev_f1": score})
+            progress.set_postfix(dev_f1=f"{score:.2f}")
             if is_main():
-                log.info("teacher step %d/%d: loss %.4f, dev F1 %.2f", step, total, loss_value, dev.mean_f1)
-            if dev.mean_f1 > best:
-                best, bad = dev.mean_f1, 0
+                log.info("teacher step %d/%d: loss %.4f, dev score %.2f", step, total, loss_value, score)
+            if score > best:
+                best, bad = score, 0
                 save_hf(engine.module, best_path, tokenizer, zero3=zero3)
             else:
                 bad += 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from torch import nn
 
 from xdt.config import RunConfig, StageConfig
 from xdt.data.batching import WindowBatcher
+from xdt.data.classification import model_inputs
 from xdt.distill.data import TaskData
 from xdt.distill.losses import DistillLoss, HiddenProjector
 from xdt.distill.optim import make_optimizer, make_scheduler
@@ -60,8 +62,8 @@ class DistillStep(nn.Module):
         self._losses = (distill_loss, label_loss)
 
     def _student(self, batch: dict, loss: DistillLoss):
-        return self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            output_hidden_states=loss.needs_hidden_states, output_attentions=loss.needs_attentions)
+        return self.student(**model_inputs(batch), output_hidden_states=loss.needs_hidden_states,
+                            output_attentions=loss.needs_attentions)
 
     def forward(self, batch: dict | None, teacher_out=None, labeled: dict | None = None):
         distill_loss, label_loss = self._losses
@@ -137,7 +139,8 @@ def stage_reads_cache(stage: StageConfig, cache: TeacherCache | None, cfg: RunCo
 
 def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: nn.Module, out_dir: str | Path,
             teacher_device: torch.device | None = None, teacher_dtype: torch.dtype = torch.float32,
-            cache: TeacherCache | None = None, teacher_config=None) -> DistillResult:
+            cache: TeacherCache | None = None, teacher_config=None, batcher_cls=WindowBatcher,
+            score_fn: Callable[[nn.Module], float] | None = None) -> DistillResult:
     """`teacher` may be None when `cache` serves every stage that needs the teacher (pass `teacher_config`)."""
     # ---- setup
     init_distributed()
@@ -160,8 +163,10 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
     bs, world, accum = cfg.distill.batch_size, world_size(), cfg.deepspeed.gradient_accumulation_steps
     ds_config = build_ds_config(cfg.deepspeed, bs, world, student.config.hidden_size)
     zero3 = zero_stage(ds_config) == 3
-    batchers = {"transfer": WindowBatcher(data.transfer.features, tokenizer.pad_token_id),
-                "labeled": WindowBatcher(data.train.features, tokenizer.pad_token_id)}
+    batchers = {"transfer": batcher_cls(data.transfer.features, tokenizer.pad_token_id),
+                "labeled": batcher_cls(data.train.features, tokenizer.pad_token_id)}
+    score_fn = score_fn or (lambda m: dev_score(m, data.dev, data.labels, tokenizer.pad_token_id,
+                                                cfg.eval.batch_size).mean_f1)
     keep_frozen = keep_frozen_names(student, cfg.student)
     best_path = out_dir / "student_best"
     ckpt = Checkpointer(out_dir / "checkpoints" / "distill", cfg.output.keep_last)
@@ -242,8 +247,8 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
                         teacher_out = cache.batch(batch["window"], batch["input_ids"].shape[1], engine.device)
                     elif distill_loss is not None and distill_loss.needs_teacher:
                         with torch.no_grad():
-                            teacher_out = teacher(input_ids=batch["input_ids"].to(teacher.device),
-                                                  attention_mask=batch["attention_mask"].to(teacher.device),
+                            inputs = {k: v.to(teacher.device) for k, v in model_inputs(batch).items()}
+                            teacher_out = teacher(**inputs,
                                                   output_hidden_states=distill_loss.needs_hidden_states,
                                                   output_attentions=distill_loss.needs_attentions)
                         teacher_out = _to(teacher_out, engine.device)
@@ -271,11 +276,11 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
             entry = {"stage": s_idx, "name": stage.name, "phase": phase, "group": label, "steps": steps,
                      "trainable": len(trainable), "first_loss": first_loss, "last_loss": loss_value}
             if trains_output:
-                dev = dev_score(student, data.dev, data.labels, tokenizer.pad_token_id, cfg.eval.batch_size)
-                entry["dev_f1"] = dev.mean_f1
-                metrics.log(global_step, **{"distill/dev_f1": dev.mean_f1})
-                if dev.mean_f1 > best:
-                    best = dev.mean_f1
+                score = score_fn(student)
+                entry["dev_f1"] = score
+                metrics.log(global_step, **{"distill/dev_f1": score})
+                if score > best:
+                    best = score
                     save_hf(student, best_path, tokenizer, zero3=zero3)
             history.append(entry)
             if is_main():
