@@ -34,9 +34,11 @@ def _load_run_config(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
+    from xdt.engine.distributed import shutdown
     from xdt.run import run
 
     run(_load_run_config(args))
+    shutdown()
     return 0
 
 

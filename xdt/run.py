@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from xdt.config import RunConfig
-from xdt.engine.distributed import init_distributed, is_main, shutdown
+from xdt.engine.distributed import init_distributed, is_main
 
 log = logging.getLogger(__name__)
 
@@ -225,5 +225,4 @@ def run(cfg: RunConfig) -> dict:
         (out / "run.json").write_text(json.dumps(summary, indent=2, default=str))
         print("\n".join(lines))
         print(f"report: {out / 'eval' / 'report.md'}  student: {student_dir}  ({timings['total_s']:.0f} s)")
-    shutdown()
     return summary

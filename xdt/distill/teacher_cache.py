@@ -192,7 +192,10 @@ def build_teacher_cache(teacher: torch.nn.Module, features: AlignedFeatures, out
             "num_windows": int(features.num_windows), "world": int(world)}
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    # a job of several ranks builds one shard per rank, collectively; a lone process (even one that set up a
+    # one-rank group, as every xdt command does) may build any shard, e.g. all of them one after the other
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
+        and torch.distributed.get_world_size() > 1
     if distributed and (rank, world) != (torch.distributed.get_rank(), torch.distributed.get_world_size()):
         raise XdtError(f"teacher cache: built as rank {rank} of {world} inside a torch.distributed job of rank "
                        f"{torch.distributed.get_rank()} of {torch.distributed.get_world_size()}; every rank must "
