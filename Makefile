@@ -14,7 +14,7 @@ run: setup
 	$(VENV)/bin/xdt run
 
 test: setup
-	$(VENV)/bin/python -m pytest -ra
+	$(VENV)/bin/python -m pytest -ra --durations=15
 
 test-fast: setup
 	$(VENV)/bin/python -m pytest -ra -m "not slow"
