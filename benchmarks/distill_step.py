@@ -80,15 +80,16 @@ def synthetic_features(num_windows: int, length: int, vocab: int, labels: int, s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per mode (the median counts)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per mode first")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per mode (the median counts)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per mode first")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--vocab-size", type=int, default=None,
                         help=f"default: the mBERT vocabulary's ({MBERT_VOCAB_SIZE}), read from ../shared/data "
                              "when present")
-    parser.add_argument("--student", type=shape, default=(2, 128), help="LAYERSxHIDDEN (default 2x128)")
-    parser.add_argument("--teacher", type=shape, default=(4, 256), help="LAYERSxHIDDEN (default 4x256)")
+    # default: the pair, an mBERT-shaped teacher and an l6-h384 student with the mBERT vocabulary
+    parser.add_argument("--student", type=shape, default=(6, 384), help="LAYERSxHIDDEN (default 6x384)")
+    parser.add_argument("--teacher", type=shape, default=(12, 768), help="LAYERSxHIDDEN (default 12x768)")
     parser.add_argument("--labels", type=int, default=7)
     parser.add_argument("--freeze-embeddings", action="store_true",
                         help="student word embeddings frozen (student.freeze_embeddings): no [V, H] gradient or "
