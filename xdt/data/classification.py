@@ -23,7 +23,7 @@ from __future__ import annotations
 import glob
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from xdt.data.align import IGNORE_INDEX
-from xdt.data.batching import bucketed_batches
+from xdt.data.batching import WindowBatcher
 from xdt.data.readers import UNDETERMINED_LANG, iter_lines
 from xdt.errors import DataError, XdtError
 
@@ -210,8 +210,8 @@ def featurize(examples: Sequence[Example], tokenizer, max_seq_length: int,
 
 
 @dataclass
-class ClassificationBatcher:
-    """Collates examples into padded tensors; the same `epoch`/`num_batches` contract as `WindowBatcher`."""
+class ClassificationBatcher(WindowBatcher):
+    """`WindowBatcher`'s bucketing, sharding and resume over examples, with their own padded tensors."""
 
     features: ClassificationFeatures
     pad_id: int
@@ -242,19 +242,6 @@ class ClassificationBatcher:
             "word_index": torch.from_numpy(word_index),
             "window": torch.from_numpy(np.asarray(rows, np.int64)),
         }
-
-    def epoch(self, batch_size: int, seed: int, epoch: int, shuffle: bool = True, rank: int = 0, world: int = 1,
-              start_batch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches of this rank for one epoch, from global batch `start_batch` on (resume)."""
-        batches = bucketed_batches(self.features.window_lengths(), batch_size, seed, epoch, shuffle)
-        usable = len(batches) - len(batches) % world  # every rank takes the same number of steps
-        for i in range(start_batch, usable):
-            if i % world == rank:
-                yield self.collate(batches[i])
-
-    def num_batches(self, batch_size: int, world: int = 1) -> int:
-        total = -(-self.features.num_windows // batch_size)
-        return total // world
 
 
 def model_inputs(batch: dict) -> dict:

@@ -100,15 +100,10 @@ def add_eval_parser(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (`python -m xdt.eval.cli ...`), the same as `xdt eval ...` once wired into xdt.cli."""
-    parser = argparse.ArgumentParser(prog="xdt")
-    add_eval_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except XdtError as err:
-        print(f"xdt: error: {err}", file=sys.stderr)
-        return 2
+    """`xdt` itself (argv starts with "eval"): kept so `python -m xdt.eval.cli eval ...` works."""
+    from xdt.cli import main as xdt_main
+
+    return xdt_main(argv)
 
 
 if __name__ == "__main__":

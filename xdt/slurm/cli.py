@@ -161,15 +161,10 @@ def add_slurm_parser(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (`python -m xdt.slurm.cli ...`), the same as `xdt slurm ...` once wired into xdt.cli."""
-    parser = argparse.ArgumentParser(prog="xdt")
-    add_slurm_parser(parser.add_subparsers(dest="command_name", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except XdtError as err:
-        print(f"xdt: error: {err}", file=sys.stderr)
-        return 2
+    """`xdt` itself (argv starts with "slurm"): kept so `python -m xdt.slurm.cli slurm ...` works."""
+    from xdt.cli import main as xdt_main
+
+    return xdt_main(argv)
 
 
 if __name__ == "__main__":
