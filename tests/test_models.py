@@ -16,15 +16,6 @@ LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
 MBERT_VOCAB = 119_547
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add OpenMP spin-waits (40x slower on a loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _matrix(rows: int, cols: int, seed: int = 0, shift: float = 0.0) -> np.ndarray:
     """A matrix with well separated singular values (so the top-E subspace is unique)."""
     rng = np.random.default_rng(seed)

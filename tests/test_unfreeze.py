@@ -14,15 +14,6 @@ SENTENCES = [["Angela", "Merkel", "besuchte", "Paris", "."], ["Москва", "�
              ["東京", "は", "日本", "の", "首都"]]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add OpenMP spin-waits (40x slower on a loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _student(vocab: int, embedding_size: int | None = 8, freeze: bool = False, task: str = "token"):
     torch.manual_seed(0)
     cfg = StudentConfig(num_layers=2, hidden_size=16, num_heads=2, intermediate_size=32,
