@@ -105,18 +105,9 @@ def train_classifier_teacher(cfg: RunConfig, data: ClassificationData, out_dir: 
 
 def load_classifier(path: str | Path, labels: list[str], eager: bool = False) -> nn.Module:
     """A fine-tuned sequence classifier folder for inference; its label order must be the run's."""
-    from transformers import AutoModelForSequenceClassification
+    from xdt.run import load_teacher_model
 
-    kwargs = {"attn_implementation": "eager"} if eager else {}
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), use_safetensors=True, **kwargs)
-    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    if names != list(labels):
-        raise XdtError(f"{path}: classifier labels {names} differ from the data's {labels}; fine-tune it on this "
-                       "label set")
-    return model
-
-
-# --------------------------------------------------------------------------------------------- distillation
+    return load_teacher_model(path, labels, eager, task="sequence")
 
 
 def distill_classifier(cfg: RunConfig, data: ClassificationData, teacher: nn.Module, student: nn.Module,
