@@ -146,7 +146,7 @@ def test_user_errors_name_the_config_key():
     with pytest.raises(ConfigError, match="^teacher.model"):
         build_teacher(TeacherConfig(model="/nonexistent/teacher"), vocab_size=50, labels=LABELS)
     with pytest.raises(ConfigError, match="^student.embedding_init: 'svd' needs the teacher's vocabulary"):
-        build_student(StudentConfig(), vocab_size=50, labels=LABELS, teacher=_tiny_teacher(vocab=60))
+        build_student(StudentConfig(), vocab_size=50, labels=LABELS, teacher=_tiny_teacher(vocab=40))
 
 
 # --------------------------------------------------------------------------------------------- layer maps

@@ -96,7 +96,7 @@ class StudentConfig:
     num_heads: int = 2
     intermediate_size: int = 512
     embedding_size: int | None = None  # E < H: factorized word embeddings; None: E = H
-    embedding_init: Literal["svd", "random", "teacher"] = "svd"
+    embedding_init: Literal["svd", "pca", "random", "teacher"] = "svd"  # pca: svd of the centred matrix
     freeze_embeddings: bool = False
     dropout: float = 0.1  # hidden and attention dropout of the student
     init_from: str | None = _path(default=None)  # a pretrained student folder instead of building one
@@ -387,6 +387,10 @@ def check_config(cfg: RunConfig) -> None:
     if cfg.distill.teacher_cache and cfg.distill.attention_loss != "none":
         raise ConfigError("distill.teacher_cache: attention maps are not cached; set distill.attention_loss: none "
                           "or run the teacher on the fly (distill.teacher_cache: null)")
+    if cfg.distill.attention_loss != "none":  # refused when no stage would use it
+        from xdt.distill.strategies import check_attention_loss  # the presets' stages live there
+
+        check_attention_loss(cfg)
     if cfg.data.task == "sequence":
         for key, value in (("data.path", cfg.data.path), ("tokenizer.path", cfg.tokenizer.path)):
             if value == MOCK:

@@ -147,7 +147,7 @@ def distill_step(cfg: RunConfig, data, teacher_dir: Path, out: Path) -> dict:
                                   layers_needed=layers, **cache_keys(cfg, data))
     needs_live = any(s.losses.get(t, 0) > 0 for s in resolve_stages(cfg) if not stage_reads_cache(s, cache, cfg)
                      for t in ("hidden", "attention", "logits"))
-    svd = cfg.student.embedding_init == "svd" and not cfg.student.init_from
+    svd = cfg.student.embedding_init in ("svd", "pca") and not cfg.student.init_from
     teacher = load_teacher_model(teacher_dir, data.labels, eager, cfg.data.task) if needs_live or \
         cfg.student.embedding_init == "teacher" else None
     torch.manual_seed(cfg.seed)  # the student's random initialisation is part of what a seed reproduces
@@ -155,7 +155,7 @@ def distill_step(cfg: RunConfig, data, teacher_dir: Path, out: Path) -> dict:
                             teacher=teacher,
                             teacher_word_embeddings=_teacher_word_embeddings(teacher_dir) if svd and teacher is None
                             else None, pad_token_id=data.tokenizer.pad_token_id,
-                            attn_implementation="eager" if eager else None)
+                            attn_implementation="eager" if eager else None, attention_dropout=0.0 if eager else None)
     dev, dtype = teacher_device_dtype()
     sizes = {"teacher_parameters": count_parameters(teacher) if teacher is not None else None,
              "student_parameters": count_parameters(student)}  # before ZeRO-3 partitions them

@@ -48,12 +48,13 @@ def label_set(sentences: list[Sentence]) -> list[str]:
     return ["O"] + sorted(tags - {"O"})
 
 
-def _read(path: str, split: str, langs: list[str] | None, cfg: RunConfig, report: ReadReport
-          ) -> tuple[list[Sentence], str | None]:
-    """Sentences of one split, and a content id for the cache (None when a source is not a plain file)."""
+def _read(path: str, split: str, langs: list[str] | None, cfg: RunConfig, report: ReadReport,
+          limit: int | None = None) -> tuple[list[Sentence], str | None]:
+    """Sentences of one split (the first `limit` per language, default `data.limit`), and a content id for the
+    cache (None when a source is not a plain file)."""
     opts = ReadOptions(strict=cfg.data.strict)
     wanted = set(langs) if langs else None
-    limit = cfg.data.limit
+    limit = cfg.data.limit if limit is None else limit
     sentences: list[Sentence] = []
     per_lang: dict[str, int] = {}
     digests = []
@@ -102,7 +103,7 @@ def load_task_data(cfg: RunConfig, data_path: str, tokenizer, labels: list[str] 
     aligner = Aligner(tokenizer, cfg.data.max_seq_length, {t: i for i, t in enumerate(labels)})
     train_data = _split_data(train, aligner, train_id, cache)
 
-    dev_sentences, dev_id = _read(data_path, cfg.data.dev_split, cfg.data.langs, cfg, report)
+    dev_sentences, dev_id = _read(data_path, cfg.data.dev_split, cfg.data.langs, cfg, report, cfg.data.dev_limit)
     dev: dict[str, SplitData] = {}
     for lang in sorted({s.lang for s in dev_sentences}):
         part = [s for s in dev_sentences if s.lang == lang]

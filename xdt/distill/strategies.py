@@ -10,11 +10,17 @@
 
 Representations and logits are learnt on the transfer set (unlabeled); labels on the labeled data; a joint stage
 (`data: both`) takes one batch of each per step.
+
+`distill.attention_loss: mse | kl` adds an ``attention`` term of weight 1 to every preset stage that has the
+``hidden`` term (the representation stage; D2's joint stage), as the paper's optional attention loss in S1. A
+preset without such a stage (D0-S, D1) is refused, and so are explicit `stages` (strategy null) of which none
+gives ``attention`` a positive weight: the option would otherwise do nothing.
 """
 
 from __future__ import annotations
 
 from xdt.config import DistillConfig, RunConfig, StageConfig
+from xdt.errors import ConfigError
 
 STRATEGIES: dict[str, list[tuple[str, str, dict[str, float], bool]]] = {
     # name: [(stage name, data, loss weights, gradual unfreeze)]
@@ -34,15 +40,41 @@ STRATEGIES: dict[str, list[tuple[str, str, dict[str, float], bool]]] = {
 }
 
 
+def _with_attention(losses: dict[str, float], distill: DistillConfig) -> dict[str, float]:
+    """A preset stage's terms, plus ``attention: 1`` beside ``hidden`` when `distill.attention_loss` is set."""
+    losses = dict(losses)
+    if distill.attention_loss != "none" and losses.get("hidden", 0) > 0:
+        losses.setdefault("attention", 1.0)
+    return losses
+
+
 def strategy_stages(name: str, distill: DistillConfig) -> list[StageConfig]:
-    return [StageConfig(name=stage, data=data, losses=dict(losses), epochs=distill.epochs, steps=distill.steps,
-                        gradual_unfreeze=gradual, lr=distill.lr, schedule=distill.schedule,
-                        warmup_steps=distill.warmup_steps)
-            for stage, data, losses, gradual in STRATEGIES[name]]
+    stages = [StageConfig(name=stage, data=data, losses=_with_attention(losses, distill), epochs=distill.epochs,
+                          steps=distill.steps, gradual_unfreeze=gradual, lr=distill.lr, schedule=distill.schedule,
+                          warmup_steps=distill.warmup_steps)
+              for stage, data, losses, gradual in STRATEGIES[name]]
+    if distill.attention_loss != "none" and not any(s.losses.get("attention", 0) > 0 for s in stages):
+        raise ConfigError(f"distill.attention_loss: is {distill.attention_loss!r} but strategy {name} has no "
+                          "representation (hidden) stage to add the attention term to; choose a strategy with one "
+                          "(D2, D3.1, D3.2, D4.1, D4.2) or set distill.attention_loss: none")
+    return stages
+
+
+def check_attention_loss(cfg: RunConfig) -> None:
+    """Refuse a `distill.attention_loss` that no stage would use (see the module docstring)."""
+    if cfg.distill.attention_loss == "none":
+        return
+    if cfg.distill.strategy is not None:
+        strategy_stages(cfg.distill.strategy, cfg.distill)
+    elif not any(s.losses.get("attention", 0) > 0 for s in cfg.stages):
+        raise ConfigError(f"distill.attention_loss: is {cfg.distill.attention_loss!r} but no stage of `stages` "
+                          "gives the attention term a positive weight; add `attention: 1.0` to the losses of a "
+                          "stage (e.g. the one with `hidden`) or set distill.attention_loss: none")
 
 
 def resolve_stages(cfg: RunConfig) -> list[StageConfig]:
     """The run's stages: the named strategy's, or the explicit `stages` list."""
     if cfg.distill.strategy is not None:
         return strategy_stages(cfg.distill.strategy, cfg.distill)
+    check_attention_loss(cfg)
     return list(cfg.stages)

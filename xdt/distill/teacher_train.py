@@ -80,6 +80,7 @@ def train_teacher(cfg: RunConfig, data: TaskData, out_dir: str | Path, *, task: 
         pos = resume[1]
         if is_main():
             log.info("resuming teacher training from %s (step %d)", resume[0], pos["step"])
+    engine.module.train()  # from_pretrained returns eval mode: without this a loaded model trains without dropout
     metrics = MetricsLog(out_dir, "teacher", cfg.output.tensorboard, resume_step=pos["step"] if resume else None)
     preempt = Preemption(out_dir / cfg.output.stop_file).install()
 

@@ -38,6 +38,7 @@ from xdt.engine.hf_save import save_hf
 from xdt.engine.checkpoint import Checkpointer
 from xdt.engine.metrics import MetricsLog, progress_bar
 from xdt.engine.preemption import Preemption
+from xdt.engine.restore import restore_snapshot, save_snapshot
 from xdt.errors import ConfigError, Preempted, XdtError
 from xdt.models.layer_map import resolve_layer_map
 
@@ -52,10 +53,11 @@ class DistillStep(nn.Module):
     Registered submodules are the student and the projector only, the same in every stage, so any checkpoint
     loads into any stage's engine; the stage's loss modules are plain attributes set with `set_losses`."""
 
-    def __init__(self, student: nn.Module, projector: HiddenProjector | None):
+    def __init__(self, student: nn.Module, projector: HiddenProjector | None, every_token: bool = False):
         super().__init__()
         self.student = student
         self.projector = projector
+        self.every_token = every_token  # distill.positions tokens: every real token, not just first sub-words
         self._losses: tuple[DistillLoss | None, DistillLoss | None] = (None, None)
 
     def set_losses(self, distill_loss: DistillLoss | None, label_loss: DistillLoss | None) -> None:
@@ -71,7 +73,8 @@ class DistillStep(nn.Module):
         terms: dict[str, torch.Tensor] = {}
         if distill_loss is not None:
             out = self._student(batch, distill_loss)
-            loss, t = distill_loss(out, teacher_out, mask=batch["word_index"] >= 0,
+            mask = batch["attention_mask"] > 0 if self.every_token else batch["word_index"] >= 0
+            loss, t = distill_loss(out, teacher_out, mask=mask,
                                    attention_mask=batch["attention_mask"], labels=batch["labels"])
             total, terms = total + loss, {**terms, **t}
         if label_loss is not None:
@@ -159,7 +162,8 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
         pairs = resolve_layer_map(cfg.distill.layer_map, student.config.num_hidden_layers, tcfg.num_hidden_layers)
         projector = HiddenProjector(pairs, student.config.hidden_size, tcfg.hidden_size,
                                     cfg.distill.projection_dropout)
-    module = DistillStep(student, projector)
+    module = DistillStep(student, projector,
+                         every_token=cfg.distill.positions == "tokens" and cfg.data.task == "token")
     bs, world, accum = cfg.distill.batch_size, world_size(), cfg.deepspeed.gradient_accumulation_steps
     ds_config = build_ds_config(cfg.deepspeed, bs, world, student.config.hidden_size)
     zero3 = zero_stage(ds_config) == 3
@@ -169,12 +173,15 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
                                                 cfg.eval.batch_size).mean_f1)
     keep_frozen = keep_frozen_names(student, cfg.student)
     best_path = out_dir / "student_best"
+    anchor_path = out_dir / "checkpoints" / "distill-anchor.safetensors"  # restore-to-best snapshot
     ckpt = Checkpointer(out_dir / "checkpoints" / "distill", cfg.output.keep_last)
     resume = resume_point(ckpt, cfg.output.resume)
     pos = resume[1] if resume else {"stage": 0, "phase": 0, "step": 0, "phase_done": False, "global_step": 0,
-                                    "best": -1.0, "history": [], "first_loss": None}
+                                    "best": -1.0, "anchor": -1.0, "history": [], "first_loss": None}
     pending_load = (resume[0], pos["phase_done"]) if resume else None  # (tag, module weights only)
     best, global_step, history = pos["best"], pos["global_step"], list(pos["history"])
+    # dev score of the snapshot at anchor_path; -1: none (a stage without a dev score moved the weights since)
+    anchor = pos.get("anchor", -1.0)
     metrics = MetricsLog(out_dir, "distill", cfg.output.tensorboard, resume_step=global_step if resume else None)
     preempt = Preemption(out_dir / cfg.output.stop_file).install()
     if resume and is_main():
@@ -222,6 +229,7 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
             if pending_load is not None:  # the weights (and, mid-phase, optimizer, schedule, RNG) of the restart
                 ckpt.load(engine, pending_load[0], module_only=pending_load[1])
                 pending_load = None
+            module.train()  # models loaded from a folder come in eval mode: dropout must be on while training
             label = f"{stage.name}" + (f" [{plan.group_names[phase]}]" if phase is not None else "")
             progress = progress_bar(steps, f"S{s_idx + 1} {label}")
             progress.update(start)
@@ -232,8 +240,21 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
             loss_value = float("nan")
 
             def position(step: int, done: bool) -> dict:
-                return {"stage": s_idx, "phase": p_idx, "step": step, "phase_done": done,
-                        "global_step": global_step, "best": best, "history": history, "first_loss": first_loss}
+                return {"stage": s_idx, "phase": p_idx, "step": step, "phase_done": done, "global_step": global_step,
+                        "best": best, "anchor": anchor, "history": history, "first_loss": first_loss}
+
+            def evaluate() -> float:
+                """Dev score now: the exported best student and the restore anchor follow it."""
+                nonlocal best, anchor
+                score = score_fn(student)
+                metrics.log(global_step, **{"distill/dev_f1": score})
+                if score > best:
+                    best = score
+                    save_hf(student, best_path, tokenizer, zero3=zero3)
+                if score >= anchor:
+                    anchor = score
+                    save_snapshot(module, anchor_path, zero3)
+                return score
 
             for step in range(start, steps):  # optimizer steps; `accum` micro-batches each
                 terms: dict[str, torch.Tensor] = {}
@@ -268,6 +289,9 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
                     requeued = preempt.requeue() if is_main() else False
                     raise Preempted(f"saved at step {global_step} ({preempt.reason})"
                                     + ("; SLURM job requeued" if requeued else ""))
+                if trains_output and cfg.distill.eval_every and global_step % cfg.distill.eval_every == 0 \
+                        and step + 1 < steps:
+                    evaluate()
                 if cfg.output.checkpoint_every and global_step % cfg.output.checkpoint_every == 0 \
                         and step + 1 < steps:
                     ckpt.save(engine, f"s{s_idx}-p{p_idx}-step{global_step}", position(step + 1, False))
@@ -276,16 +300,17 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
             entry = {"stage": s_idx, "name": stage.name, "phase": phase, "group": label, "steps": steps,
                      "trainable": len(trainable), "first_loss": first_loss, "last_loss": loss_value}
             if trains_output:
-                score = score_fn(student)
-                entry["dev_f1"] = score
-                metrics.log(global_step, **{"distill/dev_f1": score})
-                if score > best:
-                    best = score
-                    save_hf(student, best_path, tokenizer, zero3=zero3)
+                entry["dev_f1"] = evaluate()
+                if entry["dev_f1"] < anchor:  # XtremeDistil: the next unfreeze step starts from the best weights
+                    restore_snapshot(module, anchor_path, zero3)
+                    entry["restored_dev_f1"] = anchor
+            else:
+                anchor = -1.0  # the weights moved without a dev score: older snapshots are no anchor
             history.append(entry)
             if is_main():
-                log.info("stage %d %s: loss %.4f -> %.4f%s", s_idx + 1, label, first_loss, loss_value,
-                         f", dev F1 {entry['dev_f1']:.2f}" if "dev_f1" in entry else "")
+                log.info("stage %d %s: loss %.4f -> %.4f%s%s", s_idx + 1, label, first_loss, loss_value,
+                         f", dev F1 {entry['dev_f1']:.2f}" if "dev_f1" in entry else "",
+                         f" (restored the best, {anchor:.2f})" if "restored_dev_f1" in entry else "")
             ckpt.save(engine, f"s{s_idx}-p{p_idx}-done", position(steps, True))
             engine.destroy()  # removes ZeRO's gradient hooks: the next unfreeze step builds its own engine
             del engine, optimizer, scheduler

@@ -5,7 +5,8 @@ E <  H: factorized word embeddings as ELECTRA's `embedding_size` (`ElectraFor...
 `electra.embeddings_project`), so an exported student loads with `AutoModelForTokenClassification` and nothing
 from xdt. Starting points (StudentConfig.embedding_init / init_from):
 
-- ``svd``: word embeddings = top-E SVD (or PCA) projection of the teacher's word-embedding matrix, the rest random;
+- ``svd``: word embeddings = top-E SVD projection of the teacher's word-embedding matrix, the rest random;
+- ``pca``: the same on the centred matrix (top-E principal components, as the released code's scikit-learn PCA);
 - ``random``: everything random (transformers' init);
 - ``teacher``: embeddings and encoder layers copied from the teacher (shapes must match; layers by a layer map);
 - ``init_from``: a pretrained student folder (safetensors only: pickled weights can run code when loaded).
@@ -93,10 +94,13 @@ def label_maps(labels: Sequence[str]) -> dict:
 
 def student_hf_config(shape: StudentShape, *, vocab_size: int, labels: Sequence[str], pad_token_id: int = 0,
                       max_position_embeddings: int = 512, type_vocab_size: int = 2,
-                      dropout: float = 0.1) -> PretrainedConfig:
-    """A `BertConfig` (E == H) or an `ElectraConfig` with `embedding_size=E` (E < H)."""
+                      dropout: float = 0.1, attention_dropout: float | None = None) -> PretrainedConfig:
+    """A `BertConfig` (E == H) or an `ElectraConfig` with `embedding_size=E` (E < H).
+
+    `dropout` is the hidden dropout, and the attention dropout unless `attention_dropout` is given."""
+    attention_dropout = dropout if attention_dropout is None else attention_dropout
     common = dict(vocab_size=vocab_size, hidden_size=shape.hidden_size, num_hidden_layers=shape.num_layers,
-                  hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                  hidden_dropout_prob=dropout, attention_probs_dropout_prob=attention_dropout,
                   num_attention_heads=shape.num_heads, intermediate_size=shape.intermediate_size,
                   hidden_act="gelu", max_position_embeddings=max_position_embeddings,
                   type_vocab_size=type_vocab_size, pad_token_id=pad_token_id, **label_maps(labels))
@@ -118,35 +122,43 @@ def model_class(config: PretrainedConfig, task: Task) -> type[PreTrainedModel]:
 def build_student(cfg: StudentConfig, *, vocab_size: int, labels: Sequence[str], task: Task = "token",
                   teacher: PreTrainedModel | None = None, teacher_word_embeddings: torch.Tensor | None = None,
                   copy_layer_map: LayerMapSpec = "uniform", center: bool = False, pad_token_id: int = 0,
-                  attn_implementation: str | None = None) -> PreTrainedModel:
+                  attn_implementation: str | None = None,
+                  attention_dropout: float | None = None) -> PreTrainedModel:
     """The student `cfg` describes, initialised as `cfg.embedding_init` / `cfg.init_from` say.
 
     `vocab_size` is the tokenizer's (the teacher's mBERT vocabulary). `teacher` (or just its word-embedding matrix
     `teacher_word_embeddings`) is needed for ``svd``; ``teacher`` init needs the model and picks teacher layers
-    with `copy_layer_map` (default every k-th). `center` switches SVD to PCA. `attn_implementation="eager"` is
-    needed when an attention loss reads the attention maps (sdpa does not return them).
+    with `copy_layer_map` (default every k-th). ``pca`` (or `center`) centres the matrix before the SVD.
+    `attn_implementation="eager"` is needed when an attention loss reads the attention maps (sdpa does not return
+    them); pass `attention_dropout=0.0` with it: transformers returns the maps after attention dropout, so in
+    training mode the student's maps would be noisy targets of the loss (the hidden dropout, `cfg.dropout`, stays).
+    None keeps `cfg.dropout` (a folder of `cfg.init_from` keeps its own).
     With `cfg.freeze_embeddings` the word embeddings get ``requires_grad=False``.
     """
     if cfg.init_from:
         model = load_pretrained_student(cfg.init_from, vocab_size=vocab_size, labels=labels, task=task,
                                         attn_implementation=attn_implementation)
+        if attention_dropout is not None:
+            set_attention_dropout(model, attention_dropout)
     else:
         shape = student_shape(cfg)
         teacher_cfg = teacher.config if teacher is not None else None
         config = student_hf_config(
             shape, vocab_size=vocab_size, labels=labels, pad_token_id=pad_token_id,
             max_position_embeddings=getattr(teacher_cfg, "max_position_embeddings", 512),
-            type_vocab_size=getattr(teacher_cfg, "type_vocab_size", 2), dropout=cfg.dropout)
+            type_vocab_size=getattr(teacher_cfg, "type_vocab_size", 2), dropout=cfg.dropout,
+            attention_dropout=attention_dropout)
         model = model_class(config, task)(config)
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
-        if cfg.embedding_init == "svd":
+        if cfg.embedding_init in ("svd", "pca"):
             if teacher_word_embeddings is None and teacher is not None:
                 teacher_word_embeddings = teacher.get_input_embeddings().weight
             if teacher_word_embeddings is None:
-                raise ConfigError("student.embedding_init: 'svd' needs the teacher's word embeddings; pass the "
-                                  "teacher or choose 'random'")
-            init_word_embeddings_svd(model, teacher_word_embeddings, center=center)
+                raise ConfigError(f"student.embedding_init: {cfg.embedding_init!r} needs the teacher's word "
+                                  "embeddings; pass the teacher or choose 'random'")
+            init_word_embeddings_svd(model, teacher_word_embeddings,
+                                     center=center or cfg.embedding_init == "pca")
         elif cfg.embedding_init == "teacher":
             if teacher is None:
                 raise ConfigError("student.embedding_init: 'teacher' copies teacher weights; no teacher given")
@@ -154,20 +166,46 @@ def build_student(cfg: StudentConfig, *, vocab_size: int, labels: Sequence[str],
             layers = teacher_layers_to_copy(copy_layer_map, shape.num_layers, teacher.config.num_hidden_layers)
             copy_from_teacher(model, teacher, layers)
         elif cfg.embedding_init != "random":
-            raise ConfigError(f"student.embedding_init: expected 'svd', 'random' or 'teacher', "
+            raise ConfigError(f"student.embedding_init: expected 'svd', 'pca', 'random' or 'teacher', "
                               f"got {cfg.embedding_init!r}")
+    if attention_dropout is not None:
+        log.info("student attention dropout %g (hidden dropout stays %g): an attention loss compares the maps "
+                 "transformers returns after attention dropout", attention_dropout,
+                 model.config.hidden_dropout_prob)
     if cfg.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     return model
 
 
+def set_attention_dropout(model: PreTrainedModel, p: float) -> None:
+    """Attention-probability dropout `p` in `model.config` and in every self-attention module already built.
+
+    transformers' BERT/ELECTRA attention reads ``self.dropout.p`` of its self-attention module at each forward;
+    the hidden-state dropouts (``BertSelfOutput``, ``BertOutput``, embeddings) are left as they are.
+    """
+    model.config.attention_probs_dropout_prob = p
+    for module in model.modules():
+        if "SelfAttention" in type(module).__name__ and isinstance(getattr(module, "dropout", None), nn.Dropout):
+            module.dropout.p = p
+
+
 def init_word_embeddings_svd(model: PreTrainedModel, teacher_weight: torch.Tensor, *, center: bool = False) -> None:
-    """Overwrite the student's word embeddings [V, E] with the top-E SVD projection of the teacher's [V, D]."""
+    """Overwrite the student's word embeddings [V, E] with the top-E SVD projection of the teacher's [V, D].
+
+    A teacher matrix with more rows than the tokenizer has pieces (padded, e.g. to a multiple of 8) is cut to its
+    first V rows, the pieces the tokenizer can produce; fewer rows than pieces is refused.
+    """
     student_weight = model.get_input_embeddings().weight
     vocab, width = student_weight.shape
-    if teacher_weight.shape[0] != vocab:
-        raise ConfigError(f"student.embedding_init: 'svd' needs the teacher's vocabulary; the teacher has "
-                          f"{teacher_weight.shape[0]} word embeddings, the student's tokenizer {vocab} pieces")
+    what = "'pca'" if center else "'svd'"
+    if teacher_weight.shape[0] < vocab:
+        raise ConfigError(f"student.embedding_init: {what} needs the teacher's vocabulary; the teacher has "
+                          f"{teacher_weight.shape[0]} word embeddings, fewer than the student's tokenizer's {vocab} "
+                          f"pieces; use the teacher's own tokenizer or choose 'random'")
+    if teacher_weight.shape[0] > vocab:
+        log.info("student.embedding_init %s: the teacher has %d word embeddings, the tokenizer %d pieces; using "
+                 "the first %d rows (the rest are padding)", what, teacher_weight.shape[0], vocab, vocab)
+        teacher_weight = teacher_weight[:vocab]
     if width > teacher_weight.shape[1]:
         raise ConfigError(f"student.embedding_size: {width} exceeds the teacher's embedding width "
                           f"{teacher_weight.shape[1]}; SVD cannot add directions")

@@ -1,0 +1,73 @@
+"""Restore-to-best between unfreeze steps (XtremeDistil's algorithm): a snapshot of the best dev weights on disk,
+and putting them back into a live DeepSpeed engine, whatever its ZeRO stage.
+
+Why on disk: a run resumed after preemption must restore the same weights as the uninterrupted run, and the
+snapshot may be newer than the exported best student (a stage without a dev score in between resets the anchor).
+Rank 0 writes `path` atomically (safetensors, float32); every rank reads it back (a shared filesystem, like the
+checkpoints).
+
+Why both copies: DeepSpeed keeps the trained (low-precision or partitioned) parameters in the module and float32
+master copies in its optimizer. The next unfreeze step's engine is built from the module's parameters, and a
+ZeRO-3 checkpoint is consolidated from the optimizer's copies, so a restore writes both.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+from safetensors.torch import load_file, save_file
+
+from xdt.engine.distributed import barrier, is_main, rank
+
+
+def _gathered(params: list[torch.nn.Parameter], zero3: bool, modifier_rank: int | None = None):
+    if not zero3:
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank)
+
+
+def save_snapshot(module: torch.nn.Module, path: str | Path, zero3: bool) -> None:
+    """Every parameter of `module` in float32 (the optimizer's master copy where it keeps one). A collective
+    under ZeRO-3: every rank must call it."""
+    params = dict(module.named_parameters())
+    with _gathered(list(params.values()), zero3):
+        state = {n: p.detach().to("cpu", torch.float32, copy=True) for n, p in params.items()}
+    for name, p in params.items():
+        if p.requires_grad:
+            master = safe_get_full_fp32_param(p)  # None when the engine keeps no separate master copy
+            if master is not None:
+                state[name] = master.detach().to("cpu", torch.float32).reshape(state[name].shape).clone()
+    if is_main():
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file({n: t.contiguous() for n, t in state.items()}, str(tmp))
+        os.replace(tmp, path)
+    barrier()
+
+
+@torch.no_grad()
+def restore_snapshot(module: torch.nn.Module, path: str | Path, zero3: bool) -> list[str]:
+    """Put the snapshot's values back into the parameters that train now (module and optimizer copies).
+
+    Only trainable parameters can have moved since the snapshot: the loop snapshots or restores at the end of
+    every scored unfreeze step, so each step starts from the snapshot and changes only what it trains.
+    Returns the names restored."""
+    state = load_file(str(path))
+    restored = []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        value = state[name].to(p.device)
+        safe_set_full_fp32_param(p, value)  # no-op where the engine trains the module's parameters directly
+        with _gathered([p], zero3, modifier_rank=0):
+            if not zero3 or rank() == 0:
+                p.data.copy_(value.reshape(p.shape).to(p.dtype))
+        restored.append(name)
+    return restored
