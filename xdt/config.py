@@ -60,6 +60,7 @@ class DataConfig:
     transfer: str | None = _path(default=None)  # transfer set (xdt transfer build), None: labeled train text
     max_seq_length: int = 128
     limit: int = 0  # > 0: the first N sentences per language of train and dev (quick runs, tests); 0: all
+    dev_limit: int | None = None  # > 0: the first N dev sentences per language (model selection); None: `limit`
     strict: bool = False  # fail on malformed lines instead of skipping them
     cache_dir: str | None = None  # None: $XDT_CACHE or ~/.cache/xdt
     mock: MockDataConfig = field(default_factory=MockDataConfig)
@@ -111,8 +112,8 @@ class StageConfig:
     epochs: float = 1.0  # of the stage's data, per unfreeze step when gradual_unfreeze
     steps: int = 0  # > 0: optimizer steps instead of epochs (per unfreeze step when gradual_unfreeze)
     gradual_unfreeze: bool = False  # top-down, layer by layer: head, projection, top layer ... embeddings
-    lr: float = 1e-3
-    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    lr: float = 1e-4
+    schedule: Literal["constant", "linear", "cosine"] = "linear"
     warmup_steps: int = 0
 
 
@@ -124,14 +125,21 @@ class DistillConfig:
     temperature: float = 1.0
     attention_loss: Literal["none", "mse", "kl"] = "none"
     projection_dropout: float = 0.1
+    # where the hidden-state and logit terms count: every real token (the papers) or each word's first sub-word
+    positions: Literal["tokens", "words"] = "tokens"
     mask_padding: bool = True  # the released code also averages over padding; see README, deviations
     batch_size: int = 32
     # what a strategy preset gives each of its stages (explicit `stages` set their own)
     epochs: float = 2.0  # per stage, or per unfreeze step of a stage that unfreezes gradually
     steps: int = 0  # > 0: optimizer steps instead of epochs (per stage / unfreeze step)
-    lr: float = 1e-3
-    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    # 1e-3 is the ACL 2020 BiLSTM students' rate; Transformer students train at 3e-5..1e-4 with decay (the
+    # released XtremeDistilTransformers code), restarted by every unfreeze step's new optimizer
+    lr: float = 1e-4
+    schedule: Literal["constant", "linear", "cosine"] = "linear"
     warmup_steps: int = 0
+    # dev evaluations inside an unfreeze step (steps); 0: at its end only. The best one is kept (exported when it
+    # beats every earlier one) and restored before the next unfreeze step when the step ends worse
+    eval_every: int = 0
     # teacher outputs cached by `xdt teacher cache` (logits, and the hidden states `cache_layers` names; None:
     # those the layer map pairs); stages they cover read them and the teacher is not loaded for them
     teacher_cache: str | None = None
