@@ -18,18 +18,18 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param, safe_set_local_fp32_param
 from safetensors.torch import load_file, save_file
 
-from xdt.engine.distributed import barrier, is_main, rank
+from xdt.engine.distributed import barrier, is_main
 
 
-def _gathered(params: list[torch.nn.Parameter], zero3: bool, modifier_rank: int | None = None):
+def _gathered(params: list[torch.nn.Parameter], zero3: bool):
     if not zero3:
         return nullcontext()
     import deepspeed
 
-    return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank)
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
 
 def save_snapshot(module: torch.nn.Module, path: str | Path, zero3: bool) -> None:
@@ -65,9 +65,26 @@ def restore_snapshot(module: torch.nn.Module, path: str | Path, zero3: bool) -> 
         if not p.requires_grad:
             continue
         value = state[name].to(p.device)
-        safe_set_full_fp32_param(p, value)  # no-op where the engine trains the module's parameters directly
-        with _gathered([p], zero3, modifier_rank=0):
-            if not zero3 or rank() == 0:
-                p.data.copy_(value.reshape(p.shape).to(p.dtype))
+        if zero3:  # this rank's slice of the flattened, end-padded parameter, in both copies (no collective)
+            local = _local_partition(p, value)
+            safe_set_local_fp32_param(p, local)
+            p.ds_tensor.data.copy_(local.to(p.ds_tensor.dtype))
+        else:
+            safe_set_full_fp32_param(p, value)  # no-op where the engine trains the module's parameters directly
+            p.data.copy_(value.reshape(p.shape).to(p.dtype))
         restored.append(name)
     return restored
+
+
+def _local_partition(p: torch.nn.Parameter, value: torch.Tensor) -> torch.Tensor:
+    """ZeRO-3 keeps elements [r * n, (r + 1) * n) of the flattened parameter, zero-padded to n * world, on rank r.
+    (DeepSpeed's own full-parameter setter does not allow for that padding.)"""
+    import torch.distributed as dist
+
+    group = getattr(p, "ds_process_group", None)
+    world = dist.get_world_size(group) if dist.is_initialized() else 1
+    r = dist.get_rank(group) if dist.is_initialized() else 0
+    n = p.ds_tensor.numel()
+    flat = torch.zeros(n * world, dtype=torch.float32, device=value.device)
+    flat[:value.numel()] = value.flatten()
+    return flat[r * n:(r + 1) * n]
