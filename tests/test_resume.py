@@ -1,13 +1,16 @@
 """Scale: 2 gloo ranks match 1 rank, and a run killed with SIGKILL resumes to the same curve and weights.
 
-Every run here is a real `xdt distill` process (one process, or two under torchrun) on mock data with a tiny
-teacher; the uninterrupted reference of each (ranks, ZeRO stage) is computed once per module.
+Every run here is a real `xdt distill` (or `xdt teacher train`) process (one process, or two under torchrun) on
+mock data with a tiny teacher; the uninterrupted reference of each (ranks, ZeRO stage) is computed once per module.
+The resume tests train with the shipped dropout (0.1), so every rank must continue its own random stream; and a
+checkpoint carrying pickled code is refused by `--resume auto` and `xdt export` before the code runs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pathlib
 import random
 import shutil
 import signal
@@ -34,7 +37,9 @@ SMALL = ["seed=3", "data.path=mock", "data.max_seq_length=32", "data.mock.langs=
          "student.intermediate_size=32", "student.embedding_size=8", "student.dropout=0",
          "distill.projection_dropout=0", "distill.strategy=D4.2", "distill.batch_size=8", "distill.steps=4",
          "distill.lr=3e-3", "output.tensorboard=false"]
-EVERY_STEP = ("output.checkpoint_every=1", "output.keep_last=0")
+# the resume tests: a checkpoint every step, dropout as shipped (student, projection; the teacher's config has 0.1)
+EVERY_STEP = ("output.checkpoint_every=1", "output.keep_last=0", "student.dropout=0.1",
+              "distill.projection_dropout=0.1")
 TOLERANCE = 1e-4  # 2 ranks vs 1 rank: all-reduce vs accumulation order differs in the last fp32 bits, Adam
 # carries that through ~50 steps; measured 3.5e-5 (ZeRO-2) and 0 (ZeRO-3)
 
@@ -57,8 +62,11 @@ def workdir(tmp_path_factory):
     return root
 
 
-def command(root: Path, out: Path, ranks: int, zero: int, extra: list[str] = ()) -> list[str]:
-    args = ["distill", *SMALL, f"data.cache_dir={root / 'cache'}", f"teacher.model={root / 'teacher'}",
+def command(root: Path, out: Path, ranks: int, zero: int, extra: list[str] = (),
+            what: str = "distill") -> list[str]:
+    """`xdt distill` (what="teacher": `xdt teacher train`, fine-tuning the tiny teacher) on the mock data."""
+    subcommand = ["teacher", "train"] if what == "teacher" else ["distill"]
+    args = [*subcommand, *SMALL, f"data.cache_dir={root / 'cache'}", f"teacher.model={root / 'teacher'}",
             f"deepspeed.config=ds_configs/zero{zero}.json", f"output.dir={out}", *extra]
     if ranks == 1:
         return [sys.executable, "-m", "xdt", *args]
@@ -70,17 +78,17 @@ def run(cmd: list[str]) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
-def curve(out: Path) -> list[tuple]:
-    records = [json.loads(line) for line in (out / "distill.jsonl").read_text().splitlines()]
-    return [(r["step"], r.get("distill/loss"), r.get("distill/dev_f1")) for r in records]
+def curve(out: Path, what: str = "distill") -> list[tuple]:
+    records = [json.loads(line) for line in (out / f"{what}.jsonl").read_text().splitlines()]
+    return [(r["step"], r.get(f"{what}/loss"), r.get(f"{what}/dev_f1")) for r in records]
 
 
-def final_weights(out: Path) -> dict[str, torch.Tensor]:
+def final_weights(out: Path, what: str = "distill") -> dict[str, torch.Tensor]:
     """The last checkpoint consolidated through DeepSpeed's zero_to_fp32 (works for every ZeRO stage)."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from xdt.engine.checkpoint import Checkpointer
 
-    root = out / "checkpoints" / "distill"
-    return get_fp32_state_dict_from_zero_checkpoint(str(root), (root / "latest").read_text().strip())
+    root = out / "checkpoints" / what
+    return Checkpointer(root).consolidated((root / "latest").read_text().strip())
 
 
 _references: dict[tuple, Path] = {}
@@ -95,11 +103,29 @@ def reference(root: Path, ranks: int, zero: int, extra: tuple[str, ...] = ()) ->
     return _references[key]
 
 
-def kill_at(cmd: list[str], out: Path, lines: int) -> None:
-    """Start `cmd`, SIGKILL its whole process group once distill.jsonl has `lines` records."""
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (from /proc): torchrun starts each worker in a session of its own, so killing
+    torchrun's process group would leave the ranks running to the end."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def kill_at(cmd: list[str], out: Path, lines: int, what: str = "distill") -> None:
+    """Start `cmd`, SIGKILL it and every process it started (the ranks) once OUT/{what}.jsonl has `lines`
+    records, as a node that dies does."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    log = out / "distill.jsonl"
+    log = out / f"{what}.jsonl"
     deadline = time.time() + 300
     try:
         while time.time() < deadline and proc.poll() is None:
@@ -108,8 +134,22 @@ def kill_at(cmd: list[str], out: Path, lines: int) -> None:
             time.sleep(0.02)
         assert proc.poll() is None, "the run ended before it could be killed"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        tree = process_tree(proc.pid)
+        for pid in reversed(tree):  # the ranks first, then the launcher
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.wait()
+    for pid in tree[1:]:  # gone (or a zombie of a dead launcher) before anything else touches OUT
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            except (OSError, IndexError):
+                break
+            time.sleep(0.05)
 
 
 @pytest.mark.parametrize("zero", [2, 3])
@@ -125,14 +165,22 @@ def test_two_ranks_match_one_rank_with_the_same_global_batch(workdir, zero):
 
 @pytest.mark.parametrize("ranks, zero", [(1, 2), (1, 3), (2, 2), (2, 3)])
 def test_sigkill_then_resume_auto_gives_the_same_curve_and_weights(workdir, ranks, zero):
+    """Dropout on: with 2 ranks each rank resumes its own RNG stream (rng-rank{r}.safetensors), so the dropout
+    masks after the restart are the uninterrupted run's."""
     ref = reference(workdir, ranks, zero, EVERY_STEP)
     total = len(curve(ref))
     rng = random.Random(f"{ranks}-{zero}")
-    # kill points at random (two for one rank, one for two): with a checkpoint every step most land in a save
-    for k, lines in enumerate(sorted(rng.sample(range(3, total - 2), 2 if ranks == 1 else 1))):
+    # kill points at random (two for one rank, one for two), each at the record of a step whose neighbours are
+    # mid-unfreeze-step checkpoints too, so even a kill that comes a step late restarts inside an unfreeze step,
+    # where the RNG states carry on (a finished step's successor reseeds); most kills land in a save
+    mid = {int(t.name.rsplit("step", 1)[1]) for t in (ref / "checkpoints" / "distill").glob("s*-p*-step*")}
+    points = [n for n, (step, loss, _) in enumerate(curve(ref), 1) if loss is not None and
+              {step - 1, step, step + 1} <= mid]
+    for k, lines in enumerate(sorted(rng.sample(points, 2 if ranks == 1 else 1))):
         out = workdir / f"killed-{ranks}-{zero}-{k}"
         cmd = command(workdir, out, ranks, zero, list(EVERY_STEP))
         kill_at(cmd, out, lines)
+        assert len(curve(out)) < total, "the run finished before it was killed"
         run(cmd + ["--resume", "auto"])
         assert curve(out) == curve(ref), f"killed after {lines} records"
         a, b = final_weights(out), final_weights(ref)
@@ -171,6 +219,69 @@ def test_resume_at_an_unfreeze_boundary(workdir, ranks, zero):
     assert curve(out) == curve(ref)
     a, b = final_weights(out), final_weights(ref)
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_teacher_training_killed_on_two_ranks_with_dropout_resumes_to_the_same_weights(workdir):
+    """The teacher loop, 2 ranks, ZeRO-2, dropout 0.1 (the tiny teacher's config): SIGKILL mid-run, --resume auto."""
+    extra = [*EVERY_STEP, "teacher.batch_size=8", "teacher.epochs=1"]
+    ref = workdir / "teacher-ref"
+    run(command(workdir, ref, 2, 2, extra, what="teacher"))
+    total = len(curve(ref, "teacher"))
+    assert total >= 6, total
+    out = workdir / "teacher-killed"
+    cmd = command(workdir, out, 2, 2, extra, what="teacher")
+    kill_at(cmd, out, total // 2, what="teacher")
+    assert len(curve(out, "teacher")) < total and not (out / "teacher_done.json").exists()
+    run(cmd + ["--resume", "auto"])
+    assert curve(out, "teacher") == curve(ref, "teacher")
+    a, b = final_weights(out, "teacher"), final_weights(ref, "teacher")
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+
+
+class Payload:
+    """Unpickling it creates `marker`: what a checkpoint carrying code would do with weights_only=False."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (self.marker,)
+
+
+def test_checkpoint_carrying_pickled_code_is_refused_by_resume_and_export(workdir):
+    from xdt.engine.safe_load import safe_torch_load
+
+    ref = reference(workdir, 1, 2, EVERY_STEP)
+    out = workdir / "poisoned"
+    shutil.copytree(ref, out)
+    root = out / "checkpoints" / "distill"
+    # a mid-step checkpoint (a resume loads weights, optimizer and RNG from it) as the newest
+    tag = next(t.name for t in sorted(root.iterdir(), key=lambda t: t.stat().st_mtime) if "-step" in t.name
+               and json.loads((t / "xdt_state.json").read_text())["stage"] == 1)
+    cut = json.loads((root / tag / "xdt_state.json").read_text())["global_step"]
+    for other in root.iterdir():
+        marker = other / "xdt_state.json"
+        if marker.exists() and json.loads(marker.read_text())["global_step"] > cut:
+            shutil.rmtree(other)
+    (root / "latest").write_text(tag)
+    poisoned = root / tag / "mp_rank_00_model_states.pt"
+    state = safe_torch_load(poisoned)
+    ran = workdir / "payload-ran"
+    torch.save({**state, "payload": Payload(ran)}, poisoned)
+    control = workdir / "payload-control"
+    torch.save({"payload": Payload(control)}, workdir / "control.pt")
+    torch.load(workdir / "control.pt", weights_only=False)
+    assert control.exists()  # the payload is live: a pickle-trusting load runs it
+
+    for cmd in (command(workdir, out, 1, 2, list(EVERY_STEP)) + ["--resume", "auto"],
+                [sys.executable, "-m", "xdt", "export", str(out), "--out", str(workdir / "poisoned-export")]):
+        proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("xdt: error:")]
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert len(errors) == 1 and str(poisoned) in errors[0] and "weights_only=True" in errors[0], errors
+        assert "Traceback" not in proc.stderr
+        assert not ran.exists(), f"{cmd[3:5]}: the pickled payload ran"
+    assert not (workdir / "poisoned-export").exists()
 
 
 def test_truncated_checkpoint_is_never_loaded(workdir):

@@ -49,7 +49,8 @@ def cache_key(content_id: str, aligner: Aligner, extra: str = "") -> str:
 def load_aligned(entry: Path) -> AlignedFeatures | None:
     if not (entry / "done").exists():
         return None
-    return AlignedFeatures(**{f.name: np.load(entry / f"{f.name}.npy", mmap_mode="r") for f in fields(AlignedFeatures)})
+    return AlignedFeatures(**{f.name: np.load(entry / f"{f.name}.npy", mmap_mode="r", allow_pickle=False)
+                              for f in fields(AlignedFeatures)})
 
 
 def save_aligned(entry: Path, features: AlignedFeatures) -> None:

@@ -133,9 +133,13 @@ def _open_array(path: Path, shape: tuple[int, ...], dtype) -> np.ndarray:
 
 def _load_array(path: Path) -> np.ndarray:
     try:
-        return np.load(path, mmap_mode="r")
+        return np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError:  # empty arrays cannot be memory-mapped
-        return np.load(path)
+        pass
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as err:  # e.g. an object array: it would need pickle, which runs code
+        raise XdtError(f"{path}: not a teacher-cache array ({err}); rebuild the cache") from None
 
 
 def _store(out: np.ndarray, rows: list[tuple[int, int]], values: torch.Tensor, what: str) -> None:
@@ -356,7 +360,7 @@ class TeacherCache:
                                    f"{manifest[key]!r} (rebuilt after the manifest); rebuild the cache")
             arrays = {"logits": _load_array(d / "logits.npy")}
             arrays.update({x: _load_array(d / f"hidden-{x:02d}.npy") for x in manifest["layers"]})
-            windows, offsets = np.load(d / "windows.npy"), np.load(d / "offsets.npy")
+            windows, offsets = (np.load(d / f"{x}.npy", allow_pickle=False) for x in ("windows", "offsets"))
             if (len(offsets) != len(windows) + 1 or arrays["logits"].shape != (offsets[-1], manifest["num_labels"])
                     or arrays["logits"].dtype != dt):
                 raise XdtError(f"{d}: shard arrays do not match its index; rebuild the cache")

@@ -3,11 +3,21 @@
 Layout under ROOT (e.g. OUTPUT/checkpoints/distill):
     <tag>/...              DeepSpeed's files (model states, ZeRO optimizer shards per rank)
     <tag>/xdt_state.json   written by rank 0 after every rank finished saving: the loop position
+    <tag>/rng-rank{r}.safetensors   rank r's RNG states (torch CPU and CUDA, numpy, python), one file per rank
     latest                 the newest complete tag, replaced atomically after its marker exists
 
 A crash mid-save leaves a tag without `xdt_state.json`: it is never named by `latest` and never loaded. The loop
 position (stage, unfreeze step, step, best dev score, history) sits in the JSON marker so a resumed run knows which
-engine to build before loading; RNG states travel in DeepSpeed's client_state.
+engine to build before loading.
+
+RNG states are per rank: every rank draws its own dropout masks, so every rank writes its own states and loads its
+own back (DeepSpeed's client_state would not do: under ZeRO 0-2 only rank 0's copy is saved). A checkpoint whose
+RNG files come from another number of ranks is refused when it would set the RNG (a full, mid-step load): its
+ranks' streams have no counterpart in this run, and DeepSpeed cannot repartition ZeRO's optimizer state to
+another world size anyway. Loading weights only (after a finished unfreeze step, `xdt export`) does not read them.
+
+Every DeepSpeed load runs inside `weights_only_loads()` (xdt/engine/safe_load.py): nothing pickled in a
+checkpoint runs.
 """
 
 from __future__ import annotations
@@ -21,8 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 
-from xdt.engine.distributed import barrier, is_main
+from xdt.engine.distributed import barrier, is_main, rank, world_size
+from xdt.engine.safe_load import weights_only_loads
 from xdt.errors import XdtError
 
 log = logging.getLogger(__name__)
@@ -41,7 +54,50 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        if len(state["cuda"]) != torch.cuda.device_count():
+            log.warning("RNG states of %d CUDA devices, this process sees %d: CUDA RNG not restored",
+                        len(state["cuda"]), torch.cuda.device_count())
+        else:
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rng_file(folder: Path, r: int) -> Path:
+    return folder / f"rng-rank{r}.safetensors"
+
+
+def save_rng(path: Path, state: dict, r: int, world: int) -> None:
+    """`state` (from rng_state()) as safetensors: tensors and string metadata only, nothing pickled."""
+    _, key, pos, has_gauss, cached = state["numpy"]
+    version, mt, gauss_next = state["python"]
+    tensors = {"torch": state["torch"], "numpy.key": torch.from_numpy(np.asarray(key, np.int64)),
+               "python.state": torch.tensor(mt, dtype=torch.int64)}
+    tensors.update({f"cuda.{i}": s for i, s in enumerate(state.get("cuda", []))})
+    meta = {"rank": str(r), "world_size": str(world), "numpy.pos": str(pos), "numpy.has_gauss": str(has_gauss),
+            "numpy.cached_gaussian": float(cached).hex(), "python.version": str(version),
+            "python.gauss_next": "none" if gauss_next is None else float(gauss_next).hex(),
+            "cuda_devices": str(len(state.get("cuda", [])))}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_rng(path: Path) -> tuple[dict, dict]:
+    """(state for set_rng_state, metadata) of a file written by save_rng."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = dict(f.metadata() or {})
+        t = load_file(str(path))
+        cached = float.fromhex(meta["numpy.cached_gaussian"])
+        gauss = None if meta["python.gauss_next"] == "none" else float.fromhex(meta["python.gauss_next"])
+        state = {"torch": t["torch"],
+                 "numpy": ("MT19937", t["numpy.key"].numpy().astype(np.uint32), int(meta["numpy.pos"]),
+                           int(meta["numpy.has_gauss"]), cached),
+                 "python": (int(meta["python.version"]), tuple(int(x) for x in t["python.state"].tolist()), gauss)}
+        if int(meta["cuda_devices"]):
+            state["cuda"] = [t[f"cuda.{i}"] for i in range(int(meta["cuda_devices"]))]
+        return state, meta
+    except (OSError, SafetensorError, KeyError, ValueError) as err:
+        raise XdtError(f"{path}: not an RNG state file written by xdt ({err})") from None
 
 
 class Checkpointer:
@@ -51,7 +107,9 @@ class Checkpointer:
 
     def save(self, engine, tag: str, position: dict) -> None:
         """Collective: every rank calls it with the same tag."""
-        engine.save_checkpoint(str(self.root), tag, client_state={"rng": rng_state()}, save_latest=False)
+        engine.save_checkpoint(str(self.root), tag, save_latest=False)
+        (self.root / tag).mkdir(parents=True, exist_ok=True)
+        save_rng(rng_file(self.root / tag, rank()), rng_state(), rank(), world_size())
         barrier()  # every rank's shard is on disk before the marker says so
         if is_main():
             _atomic_write(self.root / tag / MARKER, json.dumps(position, indent=1))
@@ -78,13 +136,34 @@ class Checkpointer:
         """Weights (and, unless module_only, optimizer, schedule and RNG states) of `tag` into `engine`."""
         if not (self.root / tag / MARKER).exists():
             raise XdtError(f"{self.root / tag}: incomplete checkpoint (no {MARKER}); refusing to load it")
-        path, client = engine.load_checkpoint(str(self.root), tag, load_module_only=module_only,
-                                              load_optimizer_states=not module_only,
-                                              load_lr_scheduler_states=not module_only)
+        rng = None if module_only else self._own_rng(tag)
+        with weights_only_loads():
+            path, client = engine.load_checkpoint(str(self.root), tag, load_module_only=module_only,
+                                                  load_optimizer_states=not module_only,
+                                                  load_lr_scheduler_states=not module_only)
         if path is None:
             raise XdtError(f"{self.root / tag}: DeepSpeed could not load this checkpoint")
-        if not module_only and client and "rng" in client:
-            set_rng_state(client["rng"])
+        if rng is None and not module_only and client and "rng" in client:  # written before per-rank files
+            if world_size() > 1:
+                log.warning("%s: written before per-rank RNG files; under ZeRO 0-2 every rank takes rank 0's RNG "
+                            "states, so dropout differs from the uninterrupted run", self.root / tag)
+            rng = client["rng"]
+        if rng is not None:
+            set_rng_state(rng)
+
+    def _own_rng(self, tag: str) -> dict | None:
+        """This rank's RNG states of `tag`; None for a checkpoint written before per-rank RNG files."""
+        folder = self.root / tag
+        saved = sorted(folder.glob("rng-rank*.safetensors"))
+        if not saved:
+            return None
+        state, meta = load_rng(saved[0])
+        world = int(meta["world_size"])
+        if world != world_size() or len(saved) != world:
+            raise XdtError(f"{folder}: RNG states of {world} rank(s) ({len(saved)} rng-rank*.safetensors files), "
+                           f"this run has {world_size()}: resume it with {world} rank(s), where every rank "
+                           "continues its own random stream")
+        return load_rng(rng_file(folder, rank()))[0]
 
     def consolidated(self, tag: str) -> dict[str, torch.Tensor]:
         """The full fp32 state dict of `tag`, gathered from every rank's shards (DeepSpeed's zero_to_fp32)."""
@@ -92,7 +171,8 @@ class Checkpointer:
 
         if not (self.root / tag / MARKER).exists():
             raise XdtError(f"{self.root / tag}: incomplete checkpoint (no {MARKER}); refusing to load it")
-        return get_fp32_state_dict_from_zero_checkpoint(str(self.root), tag)
+        with weights_only_loads():
+            return get_fp32_state_dict_from_zero_checkpoint(str(self.root), tag)
 
     def _prune(self, keep: str) -> None:
         if self.keep_last <= 0:

@@ -37,15 +37,16 @@ def consolidate(root: Path, tag: str):
     """The student of a DeepSpeed checkpoint (any ZeRO stage, shards of every rank) through zero_to_fp32, in the
     architecture of the run's saved student (`student_best/config.json`)."""
     import transformers
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import AutoConfig
+
+    from xdt.engine.checkpoint import Checkpointer
 
     run_dir = root.parent.parent
     model_dir = run_dir / ("teacher" if root.name == "teacher" else "student_best")
     if not (model_dir / "config.json").is_file():
         raise XdtError(f"{root}: no {model_dir}/config.json to rebuild the model from")
     config = AutoConfig.from_pretrained(str(model_dir))
-    state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag)
+    state = Checkpointer(root).consolidated(tag)  # torch.load(weights_only=True): nothing pickled runs
     prefix = "student." if root.name != "teacher" else ""
     weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     model = getattr(transformers, TASK_CLASSES[_task(config)]).from_config(config)

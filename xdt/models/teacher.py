@@ -57,7 +57,7 @@ def _load_teacher(cfg: TeacherConfig, *, vocab_size: int, labels: Sequence[str],
     auto = AutoModelForTokenClassification if task == "token" else AutoModelForSequenceClassification
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        model = auto.from_pretrained(str(folder), ignore_mismatched_sizes=True,
+        model = auto.from_pretrained(str(folder), ignore_mismatched_sizes=True, weights_only=True,
                                      trust_remote_code=cfg.trust_remote_code, **label_maps(labels), **kwargs)
     except (OSError, ValueError) as err:
         raise ConfigError(f"teacher.model: cannot load {cfg.model}: {err}") from err

@@ -119,7 +119,8 @@ class MlmReplacer:
         self.torch = torch
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-            self.model = AutoModelForMaskedLM.from_pretrained(str(model_dir), local_files_only=True)
+            self.model = AutoModelForMaskedLM.from_pretrained(str(model_dir), local_files_only=True,
+                                                              weights_only=True)  # a .bin: no pickled code
         except (OSError, ValueError) as err:
             raise XdtError(f"{model_dir}: cannot load a masked LM and its tokenizer: {err}") from None
         if not self.tokenizer.is_fast or self.tokenizer.mask_token is None:
