@@ -57,7 +57,8 @@ def add_eval_parser(subparsers) -> None:
         description="Evaluate a local HF token-classification model per language (seqeval default and strict "
                     "mode), optionally beside a teacher, and write OUT/report.json, per_language.csv, report.md, "
                     "f1_per_language.png and predictions/<lang>.conll. `xdt eval merge` joins --shard runs.")
-    ev.add_argument("--model", help="model folder (config.json, model.safetensors, tokenizer files)")
+    ev.add_argument("--model", help="model folder (config.json, model.safetensors, tokenizer files), or an ONNX "
+                                    "folder of `xdt export --format onnx` (run with onnxruntime on the CPU)")
     ev.add_argument("--teacher", help="teacher model folder, evaluated on the same data (teacher F1, retention)")
     ev.add_argument("--compare", metavar="REPORT.json", help="take the teacher column from an earlier report")
     ev.add_argument("--suite", help="suite name in eval/ (e.g. wikiann41) or a suite YAML file")

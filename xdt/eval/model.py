@@ -98,7 +98,11 @@ def load_model(path: str | Path, tokenizer: str | Path | None = None, device: st
     from transformers import AutoModelForTokenClassification
     from transformers.utils import logging as hf_logging
 
+    from xdt.deploy.onnx_predictor import is_onnx_folder
+
     path = Path(path)
+    if is_onnx_folder(path):  # the deployment seam: `xdt export --format onnx` folders run with onnxruntime
+        return _load_onnx(path, tokenizer, device, dtype)
     config = _check_folder(path)
     architectures = config.get("architectures") or []
     if architectures and not any(a.endswith("ForTokenClassification") for a in architectures):
@@ -134,6 +138,31 @@ def load_model(path: str | Path, tokenizer: str | Path | None = None, device: st
                        model_type=model.config.model_type, architecture=type(model).__name__,
                        num_parameters=sum(p.numel() for p in model.parameters()), device=dev, dtype=dt,
                        max_positions=max_positions)
+
+
+def _load_onnx(path: Path, tokenizer: str | Path | None, device: str, dtype: str) -> LoadedModel:
+    """An ONNX folder behind the torch call eval makes (`model(input_ids=, attention_mask=).logits`), on the CPU."""
+    from xdt.deploy.onnx_predictor import ONNX_FILE, OnnxTokenClassifier, onnx_parameters
+
+    if device not in ("auto", "cpu") or dtype not in ("auto", "fp32", "float32"):
+        raise XdtError(f"{path}: an ONNX model runs on the CPU with onnxruntime in its own precision; drop "
+                       f"--device {device} / --dtype {dtype}")
+    predictor = OnnxTokenClassifier(path)
+    config = predictor.config
+    try:
+        tok = load_tokenizer(tokenizer or path)
+    except XdtError as err:
+        raise XdtError(f"{err} (the ONNX folder has no usable tokenizer; pass --tokenizer DIR)") from None
+    max_positions = getattr(config, "max_position_embeddings", None)
+    if max_positions is not None and config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        max_positions -= 2
+    kind = predictor.quantization or "fp32"
+    return LoadedModel(path=str(path), model=predictor, tokenizer=tok,
+                       id2label={int(k): str(v) for k, v in config.id2label.items()}, model_type=config.model_type,
+                       architecture=f"ONNX {kind} ({ONNX_FILE}, onnxruntime)",
+                       num_parameters=predictor.manifest.get("torch_parameters") or onnx_parameters(path / ONNX_FILE),
+                       device=torch.device("cpu"),
+                       dtype=torch.float32, max_positions=max_positions)
 
 
 def check_labels(model: LoadedModel, data_tags: set[str], where: str) -> None:
