@@ -259,3 +259,20 @@ def test_two_gloo_ranks(setup, tmp_path):
     assert [s["name"] for s in two.manifest["shards"]] == [shard_name(0, 2), shard_name(1, 2)]
     _assert_same_windows(two, _open(setup["root"] / "one", setup), setup["features"])
 
+
+
+def test_tokenizer_fingerprint_ignores_saved_truncation_and_padding(tmp_path):
+    """A folder saved with truncation/padding enabled (sentence-transformers does) must fingerprint the same before
+    and after the tokenizer's first call, which resets that state: else a cache built by one process reads as stale
+    in another that took every split from the alignment cache."""
+    from xdt.data.tokenizer import load_tokenizer, tokenizer_fingerprint
+
+    source = load_tokenizer(need(SHARED_DATA / "vocab" / "bert-base-multilingual-cased"))
+    source.backend_tokenizer.enable_truncation(max_length=128)
+    source.backend_tokenizer.enable_padding(length=128)
+    source.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "tokenizer.json").read_text())["truncation"] is not None
+    fresh = load_tokenizer(tmp_path)
+    before = tokenizer_fingerprint(fresh)
+    fresh(["Berlin", "ist", "schön"], is_split_into_words=True, truncation=False)
+    assert tokenizer_fingerprint(fresh) == before == tokenizer_fingerprint(load_tokenizer(tmp_path))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -39,4 +40,9 @@ def _fingerprint(serialized: str, specials: str) -> str:
 def tokenizer_fingerprint(tokenizer) -> str:
     """A hash of everything that decides sub-word ids: the full backend (vocab, normalizer, pre-tokenizer)."""
     specials = f"{tokenizer.cls_token_id},{tokenizer.sep_token_id},{tokenizer.unk_token_id}"
-    return _fingerprint(tokenizer.backend_tokenizer.to_str(), specials)
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    # truncation and padding are call-time state (transformers resets a saved one on the first call): a folder
+    # saved with them would fingerprint differently before and after tokenizing anything
+    backend.pop("truncation", None)
+    backend.pop("padding", None)
+    return _fingerprint(json.dumps(backend, sort_keys=True), specials)
