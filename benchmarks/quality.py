@@ -754,13 +754,11 @@ def results_track_b(args, plan: Plan) -> dict:
             "distill_steps_setting": args.b_d0_steps if preset == "D0-S" else args.b_steps,
             **run_json(p[f"run/{variant}"]), "path": str(p[f"model/{variant}"]),
         }
+    transfer_sets = {}
     for kind in ("plain", "codeswitch"):
-        manifest = p[f"transfer/{kind}"] / "manifest.json"
-        if manifest.is_file():
-            m = json.loads(manifest.read_text())
-            students_key = {"plain": "transfer_plain", "codeswitch": "transfer_codeswitch"}[kind]
-            teacher[students_key] = {k: m.get(k) for k in ("counts", "total", "sentences", "per_lang", "languages")
-                                     if k in m}
+        counts = json.loads((p[f"transfer/{kind}"] / "manifest.json").read_text()).get("counts", {})
+        transfer_sets[kind] = {"sentences": counts.get("lines"), "by_lang": counts.get("by_lang"),
+                               "by_augmentation": counts.get("by_augmentation"), "path": str(p[f"transfer/{kind}"])}
     d0, d42, cs = students["D0-S"], students["D4.2"], students["D4.2+codeswitch"]
     wins = [lang for lang in langs if d42["per_language"].get(lang, -1) > d0["per_language"].get(lang, -1)]
     cs_delta = {lang: round(cs["per_language"][lang] - d42["per_language"][lang], 2)
@@ -775,7 +773,7 @@ def results_track_b(args, plan: Plan) -> dict:
         "b_codeswitch_improves_mean": bool(cs["mean_f1"] > d42["mean_f1"]),
         "b_codeswitch_improves_languages": [lang for lang, d in cs_delta.items() if d > 0],
     }
-    return {"teacher": teacher, "students": students, "goals": goals, "langs": langs,
+    return {"teacher": teacher, "students": students, "goals": goals, "langs": langs, "transfer_sets": transfer_sets,
             "test_split": {lang: t_report["languages"][lang]["sentences"] for lang in langs
                            if lang in t_report["languages"]}}
 
@@ -892,14 +890,17 @@ def markdown(result: dict) -> str:
                   f"from random initialisation on {result['settings']['b_teacher_train'] or 'all'} sentences per "
                   f"language. Students: {result['settings']['b_budget']} labeled sentences per language, the "
                   "training text unlabeled as the transfer set (plain, or code-switched with MUSE dictionaries). "
-                  "Test sentences per language: " + ", ".join(f"{k} {v}" for k, v in b["test_split"].items()) + ".",
-                  "", "| model | mean F1 | " + " | ".join(langs) + " | parameters |",
-                  "|---|---|" + "---|" * len(langs) + "---|"]
+                  "Test sentences per language: " + ", ".join(f"{k} {v}" for k, v in b["test_split"].items()) + ". "
+                  "Transfer sets: " + ", ".join(f"{k} {_fmt(v['sentences'])} sentences ({v['by_augmentation']})"
+                                                for k, v in b["transfer_sets"].items()) + ".",
+                  "", "| model | mean F1 | " + " | ".join(langs) + " | parameters | dev F1 | optimizer steps |",
+                  "|---|---|" + "---|" * len(langs) + "---|---|---|"]
         rows = [("teacher", b["teacher"])] + list(b["students"].items())
         for name, entry in rows:
             lines.append(f"| {name} | {_fmt(entry['mean_f1'])} | "
                          + " | ".join(_fmt(entry["per_language"].get(lang)) for lang in langs)
-                         + f" | {_fmt(entry.get('parameters'))} |")
+                         + f" | {_fmt(entry.get('parameters'))} | {_fmt(entry.get('best_dev_f1', entry.get('dev_f1')))}"
+                         f" | {_fmt(entry.get('optimizer_steps'))} |")
         g = b["goals"]
         lines += ["", "Goals (reported, not asserted):", "",
                   f"- D4.2 beats D0-S in the mean: {_yes(g['b_d42_beats_d0s_mean'])} "
