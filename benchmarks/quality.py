@@ -79,8 +79,8 @@ MIN_COMPRESSION = 5.0
 
 # CPU defaults (sized on the 2-core development machine to finish both tracks within 60 minutes) and --full (GPU:
 # all the data, epochs instead of step budgets). An explicit flag wins over both.
-CPU_DEFAULTS = {"a_train": 4000, "a_dev": 500, "teacher_epochs": 3.0, "steps": 300, "b_steps": 100, "epochs": 2.0,
-                "b_teacher_train": 2000, "b_teacher_epochs": 3.0, "b_dev": 300, "b_transfer": 2000,
+CPU_DEFAULTS = {"a_train": 4000, "a_dev": 500, "teacher_epochs": 3.0, "steps": 150, "b_steps": 100, "epochs": 2.0,
+                "b_teacher_train": 1000, "b_teacher_epochs": 2.0, "b_dev": 300, "b_transfer": 2000,
                 "test_limit": 0}
 FULL_DEFAULTS = {"a_train": 0, "a_dev": 0, "teacher_epochs": 3.0, "steps": 0, "b_steps": 0, "epochs": 2.0,
                  "b_teacher_train": 0, "b_teacher_epochs": 3.0, "b_dev": 0, "b_transfer": 0, "test_limit": 0}
