@@ -86,8 +86,8 @@ MIN_COMPRESSION = 5.0
 # four evaluations took 144 + 3 x ~93 s on all 71,000; ~-5 min). --full (GPU): all the data, epochs instead of step
 # budgets, torch's threads. An explicit flag wins over both.
 CPU_DEFAULTS = {"a_train": 4000, "a_dev": 500, "teacher_epochs": 3.0, "steps": 150, "b_steps": 100, "epochs": 2.0,
-                "b_teacher_train": 2000, "b_teacher_epochs": 2.0, "b_dev": 300, "b_transfer": 2000,
-                "test_limit": 0, "b_test_limit": 2000, "threads": 1}
+                "b_teacher_train": 1000, "b_teacher_epochs": 2.0, "b_dev": 300, "b_transfer": 2000,
+                "test_limit": 0, "b_test_limit": 0, "threads": 1}
 FULL_DEFAULTS = {"a_train": 0, "a_dev": 0, "teacher_epochs": 3.0, "steps": 0, "b_steps": 0, "epochs": 2.0,
                  "b_teacher_train": 0, "b_teacher_epochs": 3.0, "b_dev": 0, "b_transfer": 0, "test_limit": 0,
                  "b_test_limit": 0, "threads": 0}

@@ -39,7 +39,7 @@ def test_defaults_full_and_explicit_flags(quality, tmp_path):
     # D0-S gets the labeled steps of D4.2's label stage: head, 4 layers, embedding projection, embeddings
     assert args.d0_steps == args.steps * 7
     assert quality.optimizer_steps("D4.2", args, 10) == 10 * (1 + 2 * 7)
-    assert (args.threads, args.test_limit, args.b_test_limit) == (1, 0, 2000)
+    assert (args.threads, args.test_limit, args.b_test_limit) == (1, 0, 0)
     full = quality.parse_args(["--full", "--a-dev", "300"])
     assert (full.a_train, full.steps, full.b_teacher_train, full.b_transfer, full.a_dev) == (0, 0, 0, 0, 300)
     assert (full.threads, full.b_test_limit) == (0, 0)

@@ -18,24 +18,9 @@ from xdt.engine.checkpoint import Checkpointer
 from xdt.models.student import build_student
 from xdt.models.teacher import build_teacher
 
+from .test_distill import SMALL, mock_task  # noqa: F401  (the module's mock data and tiny shapes)
+
 pytestmark = pytest.mark.distributed  # DeepSpeed engines (one gloo rank)
-
-SMALL = ["data.mock.train_sentences=60", "data.mock.dev_sentences=20", "data.mock.test_sentences=20",
-         "data.mock.langs=[en,ru]", "data.max_seq_length=32", "teacher.num_layers=2", "teacher.hidden_size=32",
-         "teacher.num_heads=2", "teacher.intermediate_size=64", "student.num_layers=2", "student.hidden_size=16",
-         "student.num_heads=2", "student.intermediate_size=32", "student.embedding_size=8", "distill.batch_size=8",
-         "distill.lr=3e-3", "tokenizer.mock_vocab_size=600", "output.tensorboard=false"]
-
-
-@pytest.fixture(scope="module")
-def mock_task(tmp_path_factory):
-    from xdt.run import prepare
-
-    root = tmp_path_factory.mktemp("mock")
-    cfg = load_config(None, [*SMALL, f"data.cache_dir={root}"])
-    _, _, data = prepare(cfg)
-    return cfg, data
-
 
 def _teacher(cfg, data):
     torch.manual_seed(0)
