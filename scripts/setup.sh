@@ -15,4 +15,7 @@ PIP_CONSTRAINT="$venv/constraints.txt" "$venv/bin/pip" install --quiet -e '.[tes
 "$venv/bin/python" -c "import torch, deepspeed, transformers, datasets, seqeval; \
 print('torch', torch.__version__, '| deepspeed', deepspeed.__version__, '| transformers', transformers.__version__, \
 '| datasets', datasets.__version__)"
+# DeepSpeed compiles a C++ op the first time a CPU run starts: install (root, apt) or check the compiler, ninja and
+# Python.h, and build the op now. When that cannot be done it says so in one line; the rest of xdt still works.
+bash scripts/toolchain.sh "$venv" || true
 touch "$venv/.installed"

@@ -101,6 +101,7 @@ def test_cache_round_trip_and_key(tmp_path, mbert_tokenizer):
 
 @pytest.mark.slow
 @pytest.mark.data
+@pytest.mark.timeout(1800)  # the slowest test of the suite: 265 s on a loaded 2-core machine (the default is 900)
 @pytest.mark.parametrize("max_len", [32, 128])
 @pytest.mark.parametrize("layout", ["xtreme", "raw"])
 def test_every_word_of_every_real_split_is_aligned(mbert_tokenizer, max_len, layout, tmp_path):
