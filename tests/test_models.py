@@ -180,9 +180,47 @@ def test_student_copies_teacher_layers_by_the_layer_map():
         assert all(torch.equal(s_state[k], t_state[k]) for k in s_state)
     s_emb, t_emb = student.bert.embeddings.state_dict(), teacher.bert.embeddings.state_dict()
     assert all(torch.equal(s_emb[k], t_emb[k]) for k in s_emb)
-    with pytest.raises(ConfigError, match="^student.intermediate_size"):
+    assert torch.equal(student.classifier.weight, teacher.classifier.weight)
+    with pytest.raises(ConfigError, match="^student.intermediate_size: 128 exceeds the teacher's 64"):
         build_student(StudentConfig(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=128,
                                     embedding_init="teacher"), vocab_size=300, labels=LABELS, teacher=teacher)
+    with pytest.raises(ConfigError, match="^student.num_heads: 4 differs from the teacher's 2"):
+        build_student(StudentConfig(num_layers=2, hidden_size=32, num_heads=4, intermediate_size=64,
+                                    embedding_init="teacher"), vocab_size=300, labels=LABELS, teacher=teacher)
+
+
+def test_teacher_start_with_a_narrower_feed_forward_keeps_the_units_that_matter():
+    teacher = _tiny_teacher(layers=2, hidden=32, heads=2).eval()  # feed-forward 64 units
+    dead = torch.arange(1, 64, 2)  # every odd unit writes nothing: removing them changes no output
+    with torch.no_grad():
+        for layer in teacher.bert.encoder.layer:
+            layer.output.dense.weight[:, dead] = 0.0
+    cfg = StudentConfig(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=32, embedding_init="teacher")
+    student = build_student(cfg, vocab_size=300, labels=LABELS, teacher=teacher).eval()
+    assert student.bert.encoder.layer[0].intermediate.dense.weight.shape == (32, 32)
+    ids = torch.randint(1, 300, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(student(input_ids=ids).logits, teacher(input_ids=ids).logits)
+
+
+def test_teacher_start_with_factorized_embeddings_keeps_the_teacher_tables_in_e_dimensions():
+    teacher = _tiny_teacher(layers=2, hidden=32, heads=2)
+    basis = torch.linalg.qr(torch.randn(32, 8, generator=torch.Generator().manual_seed(1)))[0]  # [H, E]
+    emb = teacher.bert.embeddings
+    with torch.no_grad():  # word, position and type tables inside one 8-dimensional subspace
+        for table in (emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings):
+            table.weight.copy_(table.weight @ basis @ basis.T)
+    cfg = StudentConfig(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64, embedding_size=8,
+                        embedding_init="teacher")
+    student = build_student(cfg, vocab_size=300, labels=LABELS, teacher=teacher)
+    back = student.electra.embeddings_project.weight / (32 / 8) ** 0.5  # [H, E]: the basis (LayerNorm gain 1)
+    s_emb = student.electra.embeddings
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        torch.testing.assert_close(getattr(s_emb, name).weight @ back.T, getattr(emb, name).weight,
+                                   atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(back.T @ back, torch.eye(8), atol=1e-5, rtol=0)
+    assert torch.equal(student.electra.encoder.layer[1].output.dense.weight,
+                       teacher.bert.encoder.layer[1].output.dense.weight)  # uniform: 1 <- 1
 
 
 def test_factorized_student_round_trips_through_plain_transformers(tmp_path):

@@ -8,7 +8,8 @@ from xdt. Starting points (StudentConfig.embedding_init / init_from):
 - ``svd``: word embeddings = top-E SVD projection of the teacher's word-embedding matrix, the rest random;
 - ``pca``: the same on the centred matrix (top-E principal components, as the released code's scikit-learn PCA);
 - ``random``: everything random (transformers' init);
-- ``teacher``: embeddings and encoder layers copied from the teacher (shapes must match; layers by a layer map);
+- ``teacher``: embeddings, encoder layers (by a layer map) and head copied from the teacher; a narrower
+  feed-forward block keeps the most important units, factorized embeddings the top-E singular directions;
 - ``init_from``: a pretrained student folder (safetensors only: pickled weights can run code when loaded).
 """
 
@@ -30,7 +31,7 @@ from transformers import (AutoModelForSequenceClassification, AutoModelForTokenC
 
 from xdt.config import STUDENT_PRESETS, StudentConfig
 from xdt.errors import ConfigError
-from xdt.models.embeddings import svd_compress
+from xdt.models.embeddings import svd_components, svd_compress
 from xdt.models.layer_map import LayerMapSpec, teacher_layers_to_copy
 
 log = logging.getLogger(__name__)
@@ -215,38 +216,97 @@ def init_word_embeddings_svd(model: PreTrainedModel, teacher_weight: torch.Tenso
 
 
 def _check_copyable(shape: StudentShape, teacher_config: PretrainedConfig) -> None:
-    wanted = {"hidden_size": teacher_config.hidden_size, "num_heads": teacher_config.num_attention_heads,
-              "intermediate_size": teacher_config.intermediate_size}
-    for key, value in wanted.items():
-        if getattr(shape, key) != value:
-            raise ConfigError(f"student.{key}: {getattr(shape, key)} differs from the teacher's {value}; "
-                              f"student.embedding_init 'teacher' copies layers and needs equal shapes")
-    if shape.factorized:
-        raise ConfigError(f"student.embedding_size: {shape.embedding_size} < hidden size; "
-                          f"student.embedding_init 'teacher' copies full-width embeddings")
+    for key, teacher_key in (("hidden_size", "hidden_size"), ("num_heads", "num_attention_heads")):
+        if getattr(shape, key) != getattr(teacher_config, teacher_key):
+            raise ConfigError(f"student.{key}: {getattr(shape, key)} differs from the teacher's "
+                              f"{getattr(teacher_config, teacher_key)}; student.embedding_init 'teacher' copies "
+                              f"attention layers and needs equal widths")
+    if shape.intermediate_size > teacher_config.intermediate_size:
+        raise ConfigError(f"student.intermediate_size: {shape.intermediate_size} exceeds the teacher's "
+                          f"{teacher_config.intermediate_size}; student.embedding_init 'teacher' keeps a subset of "
+                          f"the teacher's feed-forward units")
 
 
 def copy_from_teacher(student: PreTrainedModel, teacher: PreTrainedModel, teacher_layers: Sequence[int]) -> None:
-    """Copy the embeddings and, for student layer i, teacher encoder layer `teacher_layers[i]` (0-based)."""
+    """Start the student from the teacher: embeddings, teacher layer `teacher_layers[i]` for student layer i, head.
+
+    Where the student is narrower the copy is the best one of its size rather than a refusal:
+    - factorized word embeddings (E < H) get the teacher's rows in its top-E singular basis, position and type
+      embeddings the same projection, and the E -> H projection maps back (scaled for the E-wide LayerNorm, then
+      the teacher's LayerNorm gain and bias), so the embedding output approximates the teacher's;
+    - a narrower feed-forward block keeps the teacher's units with the largest ``|w_in| * |w_out|`` (structured
+      pruning: each unit's contribution is its input row times its output column);
+    - the classification head is copied when its label set has the teacher's size.
+    Attention layers are copied as they are (equal hidden size and heads, checked by `_check_copyable`).
+    """
     s_base, t_base = student.base_model, teacher.base_model
     if len(teacher_layers) != len(s_base.encoder.layer):
         raise ValueError(f"need one teacher layer per student layer ({len(s_base.encoder.layer)}), "
                          f"got {list(teacher_layers)}")
-    pairs = [(s_base.embeddings, t_base.embeddings, "embeddings")]
-    for i, j in enumerate(teacher_layers):
-        if not 0 <= j < len(t_base.encoder.layer):
-            raise ConfigError(f"distill.layer_map: teacher layer {j} out of range 0..{len(t_base.encoder.layer) - 1}")
-        pairs.append((s_base.encoder.layer[i], t_base.encoder.layer[j], f"layer {i} <- teacher layer {j}"))
-    for dst, src, what in pairs:
-        src_state = src.state_dict()
-        for name, tensor in dst.state_dict().items():
-            if name not in src_state or src_state[name].shape != tensor.shape:
-                got = tuple(src_state[name].shape) if name in src_state else "missing"
-                raise ConfigError(f"student.embedding_init: cannot copy {what}: {name} is {tuple(tensor.shape)} "
-                                  f"in the student, {got} in the teacher")
-        with torch.no_grad():
-            for name, tensor in dst.state_dict().items():
-                tensor.copy_(src_state[name])
+    with torch.no_grad():
+        if hasattr(s_base, "embeddings_project"):
+            _copy_factorized_embeddings(student, teacher)
+        else:
+            _copy_state(s_base.embeddings, t_base.embeddings, "embeddings")
+        for i, j in enumerate(teacher_layers):
+            if not 0 <= j < len(t_base.encoder.layer):
+                raise ConfigError(f"distill.layer_map: teacher layer {j} out of range "
+                                  f"0..{len(t_base.encoder.layer) - 1}")
+            _copy_layer(s_base.encoder.layer[i], t_base.encoder.layer[j], f"layer {i} <- teacher layer {j}")
+        s_head, t_head = getattr(student, "classifier", None), getattr(teacher, "classifier", None)
+        if isinstance(s_head, nn.Linear) and isinstance(t_head, nn.Linear) and \
+                s_head.weight.shape == t_head.weight.shape:
+            _copy_state(s_head, t_head, "classifier")
+
+
+def _copy_state(dst: nn.Module, src: nn.Module, what: str, skip: tuple[str, ...] = ()) -> None:
+    src_state = src.state_dict()
+    for name, tensor in dst.state_dict().items():
+        if name.startswith(skip):
+            continue
+        if name not in src_state or src_state[name].shape != tensor.shape:
+            got = tuple(src_state[name].shape) if name in src_state else "missing"
+            raise ConfigError(f"student.embedding_init: cannot copy {what}: {name} is {tuple(tensor.shape)} "
+                              f"in the student, {got} in the teacher")
+        tensor.copy_(src_state[name])
+
+
+def _copy_layer(dst: nn.Module, src: nn.Module, what: str) -> None:
+    d_in, s_in = dst.intermediate.dense, src.intermediate.dense
+    if d_in.out_features == s_in.out_features:
+        _copy_state(dst, src, what)
+        return
+    _copy_state(dst, src, what, skip=("intermediate.", "output.dense.weight"))
+    s_out = src.output.dense.weight  # [H, I]
+    importance = s_in.weight.norm(dim=1) * s_out.norm(dim=0)
+    keep = importance.topk(d_in.out_features).indices.sort().values
+    d_in.weight.copy_(s_in.weight[keep])
+    d_in.bias.copy_(s_in.bias[keep])
+    dst.output.dense.weight.copy_(s_out[:, keep])
+
+
+def _copy_factorized_embeddings(student: PreTrainedModel, teacher: PreTrainedModel) -> None:
+    s_emb, t_emb = student.base_model.embeddings, teacher.base_model.embeddings
+    project = student.base_model.embeddings_project
+    vocab, e = s_emb.word_embeddings.weight.shape
+    t_words = t_emb.word_embeddings.weight[:vocab].float()
+    if t_words.shape[0] < vocab:
+        raise ConfigError(f"student.embedding_init: 'teacher' needs the teacher's vocabulary; the teacher has "
+                          f"{t_words.shape[0]} word embeddings, the tokenizer {vocab} pieces")
+    # the basis of what LayerNorm sees, word + position (+ type) vectors: each table weighted by its row count
+    # so that positions (a few hundred rows) count as much as the words (tens of thousands); word rows alone
+    # would give a basis that drops most of the position signal
+    tables = [t_words] + [getattr(t_emb, n).weight.float() for n in ("position_embeddings", "token_type_embeddings")]
+    _, basis = svd_components(torch.cat([t / t.shape[0] ** 0.5 for t in tables]), e)  # [H, E]
+    s_emb.word_embeddings.weight.copy_(t_words @ basis)
+    for name in ("position_embeddings", "token_type_embeddings"):
+        dst, src = getattr(s_emb, name).weight, getattr(t_emb, name).weight
+        rows = min(dst.shape[0], src.shape[0])
+        dst[:rows].copy_(src[:rows].float() @ basis)
+    # LayerNorm over E coordinates gives vectors of norm ~sqrt(E); the teacher's over H, ~sqrt(H)
+    gain, bias = t_emb.LayerNorm.weight.float(), t_emb.LayerNorm.bias.float()
+    project.weight.copy_(gain[:, None] * basis * (basis.shape[0] / e) ** 0.5)
+    project.bias.copy_(bias)
 
 
 def load_pretrained_student(path: str | Path, *, vocab_size: int, labels: Sequence[str], task: Task = "token",
