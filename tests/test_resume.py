@@ -273,8 +273,9 @@ def test_checkpoint_carrying_pickled_code_is_refused_by_resume_and_export(workdi
     torch.load(workdir / "control.pt", weights_only=False)
     assert control.exists()  # the payload is live: a pickle-trusting load runs it
 
+    # export names the checkpoint root: given the run folder it would export student_best, not the checkpoint
     for cmd in (command(workdir, out, 1, 2, list(EVERY_STEP)) + ["--resume", "auto"],
-                [sys.executable, "-m", "xdt", "export", str(out), "--out", str(workdir / "poisoned-export")]):
+                [sys.executable, "-m", "xdt", "export", str(root), "--out", str(workdir / "poisoned-export")]):
         proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
         errors = [line for line in proc.stderr.splitlines() if line.startswith("xdt: error:")]
         assert proc.returncode == 2, proc.stderr[-3000:]

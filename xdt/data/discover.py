@@ -1,12 +1,14 @@
 """Find the files of a split under a path and tell their format, so every command takes one PATH.
 
-Layouts recognised under a folder (first match wins):
+Layouts recognised under a folder:
   save_to_disk folder (dataset_dict.json/state.json)  -> hf
   {split}-{lang}.tsv                                   -> xtreme  (XTREME/PAN-X)
-  {lang}/{split}                                       -> raw     (Rahimi et al.)
+  {lang}/{split}                                       -> detected from content (raw for Rahimi et al.'s files)
   {lang}/{split}*.parquet, {split}*.parquet            -> hf
   {split}.tsv, {split}_*.tsv, {split}.txt              -> detected from content (xtremedistil, xtreme, raw, text)
-A single file is read as its content says (or as `fmt` says).
+A folder holding a split in two of these layouts is refused (naming a file of each), never read in part.
+A single file is read as its content says (or as `fmt` says). Detection reads every line; the readers check that
+the content fits the format they were given, so a forced `--format` that does not fit is refused too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from xdt.data.hf_dataset import parquet_files
 from xdt.data.readers import (
     FORMATS,
+    LANG_PREFIX,
     ReadOptions,
     ReadReport,
     iter_lines,
@@ -27,13 +30,13 @@ from xdt.data.readers import (
     read_text,
     read_xtremedistil,
 )
+from xdt.data.scheme import detect_scheme, iob1_to_iob2, opens_with
 from xdt.data.sentence import Sentence, is_iob_tag
 from xdt.errors import DataError, XdtError
 
 SPLITS = ("train", "dev", "test")
 SPLIT_ALIASES = {"train": ("train",), "dev": ("dev", "validation", "valid"), "test": ("test",)}
 _XTREME_NAME = re.compile(r"^(train|dev|validation|valid|test)-([A-Za-z_-]+)\.tsv$")
-_LANG_PREFIX = re.compile(r"^([a-z]{2,3}(?:[-_][A-Za-z]+)?):.")
 
 
 @dataclass(frozen=True)
@@ -54,31 +57,31 @@ def canonical_split(split: str) -> str:
 
 
 def detect_file_format(path: Path) -> str:
-    """Format of one file from its name, then from its first 200 non-blank lines."""
+    """Format of one file from its name, else from every one of its lines, by majority: `token<TAB>TAG` lines
+    (raw when half or more of the tokens carry a `lang:` prefix, else xtreme), `words<TAB>TAGS` lines
+    (xtremedistil), or anything else (text). The reader then refuses each line that does not fit."""
     if path.suffix == ".parquet":
         return "hf"
     if _XTREME_NAME.match(path.name):
         return "xtreme"
-    lines = []
-    for _, line in iter_lines(path):
-        if line.strip():
-            lines.append(line)
-        if len(lines) >= 200:
-            break
-    if not lines:
-        raise DataError(path, "file has only blank lines")
-    with_tab = [line.split("\t") for line in lines if "\t" in line]
-    if not with_tab:
+    conll = prefixed = sentence = other = 0
+    for _, line in iter_lines(path):  # refuses a file of blank lines only
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        tags = fields[1].split() if len(fields) == 2 else []
+        if not tags or not all(is_iob_tag(t.rpartition(":")[2]) for t in tags):
+            other += 1
+        elif len(tags) == 1 and len(fields[0].split()) == 1:
+            conll += 1
+            prefixed += bool(LANG_PREFIX.match(fields[0]))
+        else:
+            sentence += 1
+    if other >= conll + sentence:
         return "text"
-    if all(len(f) == 2 and " " not in f[0].strip() and len(f[1].split()) == 1 for f in with_tab):
-        if not is_iob_tag(with_tab[0][1].strip()):
-            return "text"  # `lang<TAB>oneword` lines
-        prefixes = {m.group(1) if (m := _LANG_PREFIX.match(f[0])) else None for f in with_tab}
-        return "raw" if None not in prefixes and len(prefixes) == 1 else "xtreme"
-    second = [f[1].split() for f in with_tab if len(f) > 1]
-    if all(all(is_iob_tag(t.rpartition(":")[2]) for t in tags) for tags in second if tags):
-        return "xtremedistil"
-    return "text"
+    if conll >= sentence:
+        return "raw" if 2 * prefixed >= conll else "xtreme"
+    return "xtremedistil"
 
 
 def discover(path: str | Path, split: str | None = None, fmt: str | None = None) -> list[DataSource]:
@@ -112,10 +115,14 @@ def discover(path: str | Path, split: str | None = None, fmt: str | None = None)
 
 
 def _discover_split(folder: Path, split: str, fmt: str | None) -> list[DataSource]:
+    """The sources of `split` in the one layout the folder holds it in; two layouts are refused, since reading
+    one of them would drop the other's files without a word."""
     aliases = SPLIT_ALIASES[split]
+    layouts: dict[str, list[DataSource]] = {}
     xtreme = sorted(f for a in aliases for f in folder.glob(f"{a}-*.tsv") if _XTREME_NAME.match(f.name))
     if xtreme:
-        return [DataSource(fmt or "xtreme", split, str(f), _XTREME_NAME.match(f.name).group(2)) for f in xtreme]
+        layouts["{split}-{lang}.tsv"] = [DataSource(fmt or "xtreme", split, str(f), _XTREME_NAME.match(f.name).group(2))
+                                         for f in xtreme]
     per_lang: list[DataSource] = []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         files = [sub / a for a in aliases if (sub / a).is_file()]
@@ -124,12 +131,21 @@ def _discover_split(folder: Path, split: str, fmt: str | None) -> list[DataSourc
         elif parquet := parquet_files(sub, split):
             per_lang += [DataSource("hf", split, str(p), sub.name) for p in parquet]
     if per_lang:
-        return per_lang
+        layouts["{lang}/{split}"] = per_lang
     if parquet := parquet_files(folder, split):
-        return [DataSource("hf", split, str(p)) for p in parquet]
+        layouts["{split}*.parquet"] = [DataSource("hf", split, str(p)) for p in parquet]
     loose = sorted({f for a in aliases for pattern in (f"{a}.tsv", f"{a}_*.tsv", f"{a}.txt", f"{a}")
                     for f in folder.glob(pattern) if f.is_file()})
-    return [DataSource(fmt or detect_file_format(f), split, str(f), _lang_from_name(f)) for f in loose]
+    if loose:
+        layouts["{split}.tsv"] = [DataSource(fmt or detect_file_format(f), split, str(f), _lang_from_name(f))
+                                  for f in loose]
+    if len(layouts) > 1:
+        shown = "; ".join(f"{name} ({Path(found[0].path).relative_to(folder)}"
+                          f"{f' and {len(found) - 1} more' if len(found) > 1 else ''})"
+                          for name, found in layouts.items())
+        raise DataError(folder, f"holds {split} data in {len(layouts)} layouts: {shown}; xdt reads one layout "
+                        "per folder: move one into a folder of its own and pass each (repeat --data)")
+    return next(iter(layouts.values()), [])
 
 
 def _hf_has_split(folder: Path, split: str) -> bool:
@@ -158,19 +174,32 @@ def _lang_from_name(path: Path) -> str | None:
 
 
 def read_source(source: DataSource, opts: ReadOptions, report: ReadReport) -> Iterator[Sentence]:
+    """The sentences of one source. Text streams; labeled sources are read whole, since telling an IOB1 file
+    (converted to IOB2 here, and noted in `report.converted`) needs all of its tags."""
     path = Path(source.path)
-    if source.format == "xtreme":
-        return read_conll(path, opts, source.lang, prefixed=False)
-    if source.format == "raw":
-        return read_conll(path, opts, source.lang, prefixed=True)
-    if source.format == "xtremedistil":
-        return read_xtremedistil(path, opts, report)
     if source.format == "text":
         return read_text(path, opts)
-    if source.format == "hf":
+    if source.format == "xtreme":
+        sentences = read_conll(path, opts, source.lang, prefixed=False)
+    elif source.format == "raw":
+        sentences = read_conll(path, opts, source.lang, prefixed=True)
+    elif source.format == "xtremedistil":
+        sentences = read_xtremedistil(path, opts, report)
+    elif source.format == "hf":
         lang_opts = opts if source.lang is None or opts.lang else ReadOptions(opts.labels, opts.strict, source.lang)
-        return read_hf(source.path, source.split, lang_opts)
-    raise XdtError(f"unknown format {source.format!r}; expected one of {', '.join(FORMATS)}")
+        sentences = read_hf(source.path, source.split, lang_opts)
+    else:
+        raise XdtError(f"unknown format {source.format!r}; expected one of {', '.join(FORMATS)}")
+    return iter(as_iob2(list(sentences), source.path, report))
+
+
+def as_iob2(sentences: list[Sentence], where: str, report: ReadReport) -> list[Sentence]:
+    """The sentences of one file with IOB1 tags converted to IOB2 (see xdt.data.scheme); others as they are."""
+    if detect_scheme(s.tags for s in sentences if s.tags) != "IOB1":
+        return sentences
+    opened = sum(opens_with(s.tags)[1] for s in sentences if s.tags)
+    report.converted.append(f"{where}: IOB1 tags read as IOB2 ({opened} entities open with I-X, none with B-X)")
+    return [Sentence(s.lang, s.words, iob1_to_iob2(s.tags)) if s.tags else s for s in sentences]
 
 
 def read_split(

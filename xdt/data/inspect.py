@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from seqeval.metrics.sequence_labeling import get_entities
 
 from xdt.data.align import Aligner
 from xdt.data.cache import align_cached, file_digest
 from xdt.data.discover import discover, read_source
 from xdt.data.readers import ReadOptions, ReadReport
+from xdt.data.scheme import opens_with
 from xdt.data.sentence import Sentence
 
 PERCENTILES = (50, 90, 95, 99)
@@ -23,6 +25,8 @@ class _LangAccumulator:
     words: int = 0
     labeled: bool = False
     tags: Counter = field(default_factory=Counter)
+    entities: int = 0  # as seqeval's default mode (conlleval) reads them, the headline F1's count
+    repairs: int = 0  # entities opened by I-X (after O or another type): read as B-X by default, dropped by strict
     aligned_words: int = 0
     unk_words: int = 0
     truncated_words: int = 0
@@ -31,17 +35,22 @@ class _LangAccumulator:
 
     def add_sentences(self, sentences: list[Sentence]) -> None:
         self.sentences += len(sentences)
+        tagged = [list(s.tags) for s in sentences if s.tags is not None]
         for s in sentences:
             self.words += len(s.words)
-            if s.tags is not None:
-                self.labeled = True
-                self.tags.update(s.tags)
+        for tags in tagged:
+            self.labeled = True
+            self.tags.update(tags)
+            self.repairs += opens_with(tags)[1]
+        self.entities += len(get_entities(tagged)) if tagged else 0
 
     def merge(self, other: _LangAccumulator) -> None:
         self.sentences += other.sentences
         self.words += other.words
         self.labeled |= other.labeled
         self.tags.update(other.tags)
+        self.entities += other.entities
+        self.repairs += other.repairs
         self.aligned_words += other.aligned_words
         self.unk_words += other.unk_words
         self.truncated_words += other.truncated_words
@@ -52,7 +61,8 @@ class _LangAccumulator:
         out: dict = {"sentences": self.sentences, "words": self.words, "labeled": self.labeled,
                      "tags": dict(sorted(self.tags.items()))}
         if self.labeled:
-            out["entities"] = sum(n for t, n in self.tags.items() if t.startswith("B-"))
+            out["entities"] = self.entities
+            out["repairs"] = self.repairs
         if aligned:
             lengths = np.concatenate(self.subword_lengths) if self.subword_lengths else np.zeros(0, np.int32)
             out.update({
@@ -122,6 +132,8 @@ def inspect_data(path: str | Path, split: str | None = None, langs: list[str] | 
         "languages": {lang: acc.to_json(aligned) for lang, acc in sorted(totals.items())},
         "skipped_lines": len(report.skipped),
         "skipped": report.skipped,
+        "converted": report.converted,
+        "repairs": sum(acc.repairs for acc in totals.values()),
     }
     if aligned:
         result["tokenizer"] = str(aligner.tokenizer.name_or_path)
@@ -149,4 +161,9 @@ def format_table(result: dict) -> str:
     if result["skipped_lines"]:
         lines.append(f"skipped {result['skipped_lines']} malformed line(s):")
         lines += [f"  {s}" for s in result["skipped"]]
+    lines += [f"converted {c}" for c in result["converted"]]
+    if result["repairs"]:
+        per_lang = ", ".join(f"{lang} {st['repairs']}" for lang, st in result["languages"].items() if st.get("repairs"))
+        lines.append(f"repaired {result['repairs']} entities that open with I-X after O or another type ({per_lang}): "
+                     "counted as entities, as seqeval's default mode scores them (strict IOB2 mode drops them)")
     return "\n".join(lines)

@@ -16,6 +16,8 @@ Every problem with a file is one `DataError` naming `file:line` and what was exp
 from __future__ import annotations
 
 import logging
+import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("xtreme", "raw", "xtremedistil", "hf", "text")
 UNDETERMINED_LANG = "und"  # ISO 639 code for a sentence whose language no field names
+LANG_PREFIX = re.compile(r"^([a-z]{2,3}(?:[-_][A-Za-z]+)?):.")  # `bs:word` of the raw format
 
 
 @dataclass
@@ -34,6 +37,7 @@ class ReadReport:
     """What a reader skipped, so the caller can print it: one `file:line: reason` per skipped line."""
 
     skipped: list[str] = field(default_factory=list)
+    converted: list[str] = field(default_factory=list)  # `file: IOB1 tags read as IOB2 (...)`, one per file
 
     def skip(self, path: Path | str, line: int, reason: str) -> None:
         self.skipped.append(f"{path}:{line}: {reason}")
@@ -53,8 +57,27 @@ def _check_tag(tag: str, opts: ReadOptions, path: Path, lineno: int) -> None:
         raise DataError(path, f"unknown tag {tag!r}; expected {expected}", lineno)
 
 
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def _universal_lines(f) -> Iterator[bytes]:
+    """The lines of a binary file with LF, CRLF and a lone CR (old Mac files) all ending a line, as Python's text
+    mode reads them: a CR-only file is not one long line whose faults are all blamed on line 1."""
+    for raw in f:
+        if raw.find(b"\r") in (-1, len(raw) - 2):  # no CR, or only the one of a CRLF ending
+            yield raw
+            continue
+        start = 0
+        for m in _LINE_END.finditer(raw):
+            yield raw[start:m.end()]
+            start = m.end()
+        if start < len(raw):
+            yield raw[start:]
+
+
 def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text without the newline) for a UTF-8 text file; refuses missing, empty and binary files."""
+    """(line number, text without the newline) for a UTF-8 text file; refuses missing, empty and binary files,
+    and (once the lines run out) a file whose lines are all blank, which would otherwise read as no data at all."""
     path = Path(path)
     if not path.exists():
         raise DataError(path, "file not found")
@@ -62,8 +85,10 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
         raise DataError(path, "not a regular file")
     if path.stat().st_size == 0:
         raise DataError(path, "file is empty")
+    seen_text = False
+    lineno = 0
     with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
+        for lineno, raw in enumerate(_universal_lines(f), 1):
             if b"\x00" in raw:
                 raise DataError(path, "binary file (NUL byte); expected UTF-8 text", lineno)
             try:
@@ -74,15 +99,25 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
                 ) from None
             if lineno == 1:
                 text = text.removeprefix("\ufeff")
-            yield lineno, text.rstrip("\r\n")
+            text = text.rstrip("\r\n")
+            seen_text = seen_text or bool(text.strip())
+            yield lineno, text
+    if not seen_text:
+        raise DataError(path, f"file has only blank lines ({lineno} line(s)): no sentences to read")
 
 
 def read_conll(path: Path, opts: ReadOptions, lang: str | None, prefixed: bool) -> Iterator[Sentence]:
-    """`token<TAB>tag` blocks separated by blank lines (`xtreme`), or `lang:token<TAB>tag` (`raw`)."""
+    """`token<TAB>tag` blocks separated by blank lines (`xtreme`), or `lang:token<TAB>tag` (`raw`).
+
+    Read as `xtreme`, a file where half or more of the tokens carry one `lang:` prefix is raw data and refused:
+    read as it is, every word would keep its `bs:` glued on."""
     words: list[str] = []
     tags: list[str] = []
     sent_lang = lang
     start = 0
+    tokens = 0
+    prefixes: Counter = Counter()
+    first_prefixed: dict[str, int] = {}
     for lineno, line in iter_lines(path):
         if not line.strip():
             if words:
@@ -107,25 +142,59 @@ def read_conll(path: Path, opts: ReadOptions, lang: str | None, prefixed: bool) 
                 raise DataError(path, f"language prefix {prefix!r} differs from {sent_lang!r} of the sentence "
                                 f"that starts at line {start}", lineno)
             sent_lang = prefix
+        elif m := LANG_PREFIX.match(token):
+            prefixes[m.group(1)] += 1
+            first_prefixed.setdefault(m.group(1), lineno)
         if token == "":
             raise DataError(path, "empty token before the tab", lineno)
         _check_tag(tag, opts, path, lineno)
+        tokens += 1
         words.append(token)
         tags.append(tag)
+    if prefixes:
+        top, count = prefixes.most_common(1)[0]
+        if 2 * count >= tokens:
+            raise DataError(path, f"{count} of {tokens} tokens start with the language prefix '{top}:' (first at "
+                            f"line {first_prefixed[top]}): this is the raw format lang:token<TAB>tag, not "
+                            "token<TAB>tag; read it as --format raw (data.format: raw)")
     if words:
         yield Sentence(sent_lang or opts.lang or UNDETERMINED_LANG, tuple(words), tuple(tags))
 
 
 def read_xtremedistil(path: Path, opts: ReadOptions, report: ReadReport) -> Iterator[Sentence]:
-    """`w1 w2 ...<TAB>[lang:]T1 [lang:]T2 ...` per line, XtremeDistil's own format."""
+    """`w1 w2 ...<TAB>[lang:]T1 [lang:]T2 ...` per line, XtremeDistil's own format.
+
+    One-token lines in blocks between blank lines are `token<TAB>tag` data (XtremeDistil's files have no blank
+    lines): a block of two or more, or a file of mostly such lines, is refused, since read as XtremeDistil's every
+    word would be a sentence of its own."""
+    lines = single = blocks = 0  # blocks: runs of sentence lines between blank lines
+    block_start = block_lines = 0
+    block_single = True
+    token_block = None  # first line of the first block of two or more lines, all of one token
+
+    def end_block() -> None:
+        nonlocal token_block
+        if block_single and block_lines >= 2 and token_block is None:
+            token_block = block_start
+
     for lineno, line in iter_lines(path):
         if not line.strip():
+            end_block()
+            block_lines = 0
             continue
+        if block_lines == 0:
+            blocks += 1
+            block_start, block_single = lineno, True
         text, tab, tag_field = line.partition("\t")
         if not tab:
             raise DataError(path, "line has no tab; expected sentence<TAB>tags", lineno)
         words = text.split()
         raw_tags = tag_field.split()
+        lines += 1
+        block_lines += 1
+        one = len(words) == 1 and len(raw_tags) == 1
+        single += one
+        block_single = block_single and one
         if len(words) != len(raw_tags):
             reason = f"{len(words)} tokens but {len(raw_tags)} tags"
             if opts.strict:
@@ -145,24 +214,39 @@ def read_xtremedistil(path: Path, opts: ReadOptions, report: ReadReport) -> Iter
             _check_tag(tag, opts, path, lineno)
             tags.append(tag)
         yield Sentence(lang, tuple(words), tuple(tags))
+    end_block()
+    if blocks >= 2 and (token_block is not None or 2 * single >= lines):
+        where = f" (a block of them from line {token_block})" if token_block is not None else ""
+        raise DataError(path, f"{single} of {lines} lines hold one token and one tag, in blocks separated by blank "
+                        f"lines{where}: this is token<TAB>tag data (xtreme or raw format), not XtremeDistil's "
+                        "sentence<TAB>tags; read it as --format xtreme or raw")
 
 
 def read_text(path: Path, opts: ReadOptions) -> Iterator[Sentence]:
-    """Unlabeled text: one whitespace-tokenized sentence per line, optionally `lang<TAB>text`."""
+    """Unlabeled text: one whitespace-tokenized sentence per line, optionally `lang<TAB>text`.
+
+    A file whose lines are mostly `word<TAB>TAG` (an IOB tag after the tab) is labeled data and refused: read as
+    text, each word would become a language code and each tag a sentence."""
+    lines = tagged = 0
     for lineno, line in iter_lines(path):
         if not line.strip():
             continue
         lang = opts.lang or UNDETERMINED_LANG
         text = line
+        lines += 1
         if "\t" in line:
             lang, _, text = line.partition("\t")
             lang = lang.strip()
             if not lang or " " in lang or len(lang) > 12 or "\t" in text:
                 raise DataError(path, "expected text or lang<TAB>text (one tab, a language code before it)",
                                 lineno)
+            tagged += is_iob_tag(text.strip())
         words = text.split()
         if words:
             yield Sentence(lang, tuple(words), None)
+    if 2 * tagged > lines:
+        raise DataError(path, f"{tagged} of {lines} lines are token<TAB>tag (an IOB tag after the tab): this is "
+                        "labeled data, not text; read it as --format xtreme or raw")
 
 
 def read_hf(source: str | Path, split: str, opts: ReadOptions) -> Iterator[Sentence]:

@@ -81,11 +81,11 @@ def read_transfer_sentences(path: str) -> tuple[list[Sentence], str]:
     """A transfer set: JSONL of `xdt transfer build` ({"lang", "words", ...}) or unlabeled text."""
     p = Path(path)
     if p.is_dir() or p.suffix in (".jsonl", ".json"):
-        from xdt.transfer.build import read_transfer
+        from xdt.transfer.build import TRANSFER_FILE, read_transfer
 
         sentences = [Sentence(r["lang"], tuple(r["words"]), None) for r in read_transfer(p)]
-        target = p if p.is_file() else next(iter(sorted(p.glob("*.jsonl"))), p)
-        content = file_digest(target) if Path(target).is_file() else None
+        # the key is the file read_transfer read (DIR/transfer.jsonl), never another *.jsonl beside it
+        content = file_digest(p / TRANSFER_FILE if p.is_dir() else p)
     else:
         sentences = [s for source in discover(p) for s in read_source(source, ReadOptions(), ReadReport())]
         content = file_digest(p)
@@ -118,6 +118,8 @@ def load_task_data(cfg: RunConfig, data_path: str, tokenizer, labels: list[str] 
         transfer = SplitData(train, unlabeled, train_data.langs)
     for line in report.skipped:
         log.warning("skipped %s", line)
+    for line in report.converted:
+        log.warning("converted %s", line)
     if not dev:
         raise XdtError(f"{data_path}: no dev sentences; model selection needs a dev split ({cfg.data.dev_split})")
     return TaskData(labels, tokenizer, train_data, dev, transfer, report.skipped)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from xdt.data.discover import canonical_split, discover, read_source
 from xdt.data.readers import ReadOptions, ReadReport
 from xdt.data.sentence import Sentence
 from xdt.errors import XdtError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,9 +51,17 @@ def load_eval_data(paths: list[str], split: str, langs: list[str] | None, fmt: s
                    max_sentences: int | None = None) -> EvalData:
     """Read `split` for `langs` (every language found when None) from one or more data paths.
 
-    A language found under two paths is ambiguous and an error; a requested language found nowhere is `missing`.
-    Tags are read as any IOB tag: they are checked against the model's labels by name later."""
+    A path given twice (as written, or relative and absolute) and a language found under two paths are errors,
+    not data scored twice; a requested language found nowhere is `missing`. Tags are read as any IOB tag: they
+    are checked against the model's labels by name later."""
     split = canonical_split(split)
+    given: dict[str, str] = {}  # resolved -> as given
+    for path in map(str, paths):
+        key = path if path.startswith("hf:") else str(Path(path).resolve())
+        if key in given:
+            also = f" (also as {given[key]})" if given[key] != path else ""
+            raise XdtError(f"--data {path}: given twice{also}; pass each data path once")
+        given[key] = path
     opts = ReadOptions(labels=None)
     report = ReadReport()
     wanted = set(langs) if langs else None
@@ -75,6 +86,8 @@ def load_eval_data(paths: list[str], split: str, langs: list[str] | None, fmt: s
                 data.sentences += sentences
                 data.files.append(source.path)
                 data.formats.append(source.format)
+    for line in report.converted:  # a correct reading, but the user should know the file is not IOB2
+        log.warning("converted %s", line)
     order = list(langs) if langs else sorted(found)
     languages: dict[str, LangData] = {}
     for lang in order:

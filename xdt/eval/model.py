@@ -6,6 +6,7 @@ Weights are read only through `from_pretrained` with safetensors (`use_safetenso
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import torch
 
-from xdt.data.tokenizer import load_tokenizer
+from xdt.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from xdt.errors import XdtError
 
 _GENERIC_LABEL = "LABEL_"
@@ -37,10 +38,28 @@ class LoadedModel:
         return [self.id2label[i] for i in sorted(self.id2label)]
 
     def describe(self) -> dict:
+        """The model as the report records it; `weights_sha256` and `tokenizer_fingerprint` identify it for
+        `xdt eval merge` (paths do not: one path may hold two models over time, one model two spellings)."""
         return {"path": self.path, "model_type": self.model_type, "architecture": self.architecture,
                 "labels": self.labels, "parameters": self.num_parameters,
                 "tokenizer": str(getattr(self.tokenizer, "name_or_path", "")),
-                "device": self.device.type, "dtype": str(self.dtype).removeprefix("torch.")}
+                "device": self.device.type, "dtype": str(self.dtype).removeprefix("torch."),
+                "weights_sha256": weights_digest(self.path),
+                "tokenizer_fingerprint": tokenizer_fingerprint(self.tokenizer)}
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".onnx")
+
+
+def weights_digest(folder: str | Path) -> str:
+    """sha256 over the weight files of a model folder (`*.safetensors`, `*.onnx`: names and bytes, by name)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(folder).iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file()):
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def pick_device(device: str = "auto") -> torch.device:
