@@ -3,9 +3,13 @@ gets the signal. The requeue through a real `scontrol requeue` is in tests/test_
 
 from __future__ import annotations
 
+import logging
 import os
+import shlex
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from xdt.engine.preemption import EXIT_REQUEUE, Preemption
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_sigusr1_sets_the_flag_and_the_process_lives():
@@ -63,6 +69,81 @@ def test_requeue_only_inside_slurm_after_a_signal(tmp_path, monkeypatch):
         monkeypatch.setenv("SLURM_JOB_ID", "123")
         monkeypatch.setenv("PATH", str(tmp_path))  # no scontrol
         assert stop.requeue() is False
+
+
+EARLY = """
+import os, runpy, signal, sys
+import xdt.cli
+from xdt.engine.preemption import Preemption
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # as the SLURM task wrapper starts every process (`trap "" USR1`)
+
+def main():  # stands for the command: the signal comes while it loads, before its loop installs the handlers
+    os.kill(os.getpid(), signal.SIGUSR1)
+    stop = Preemption().install()
+    print(stop.received, stop.should_stop(1))
+    return 0
+
+xdt.cli.main = main
+sys.argv = ["xdt", *sys.argv[1:]]
+runpy.run_module("xdt", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("command, expected", [("run", f"[{int(signal.SIGUSR1)}] True"),
+                                               ("eval", "[] False")])  # not a training command: left alone
+def test_python_m_xdt_records_a_usr1_that_comes_before_the_loop(command, expected):
+    done = subprocess.run([sys.executable, "-c", EARLY, command], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected
+
+
+def test_signal_file_written_by_the_batch_shell_stops_the_run(tmp_path, monkeypatch):
+    marker = tmp_path / "job.signal"
+    monkeypatch.setenv("XDT_SIGNAL_FILE", str(marker))
+    with Preemption() as stop:
+        assert not stop.should_stop(1)
+        marker.write_text("USR1\n")  # the ranks themselves never got it (it came before they were started)
+        assert stop.should_stop(2) and stop.reason == "signal" and stop.received == []
+
+
+def _fake_scontrol(folder: Path, requeue_rc: int, requeue_err: str, show: str) -> None:
+    folder.mkdir(exist_ok=True)
+    script = folder / "scontrol"
+    script.write_text(f"""#!/bin/bash
+echo "$*" >> {folder}/calls
+case "$1" in
+  requeue) echo {shlex.quote(requeue_err)} >&2; exit {requeue_rc} ;;
+  show) echo {shlex.quote(show)} ;;
+esac
+""")
+    script.chmod(0o755)
+
+
+def test_a_job_requeued_from_outside_is_not_a_failed_requeue(tmp_path, monkeypatch, caplog):
+    """`scontrol requeue JOB` by someone else sends the TERM that stops the run; rank 0's own requeue is then
+    refused (what Slurm 22.05 answers, measured) although the job restarts: no error, and requeue() says True."""
+    bin_dir = tmp_path / "bin"
+    _fake_scontrol(bin_dir, 1, "Job is pending execution for job 123",
+                   "JobId=123 JobName=x JobState=COMPLETING Reason=None Requeue=1 Restarts=1 BatchFlag=1")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    with Preemption() as stop, caplog.at_level(logging.WARNING, logger="xdt.engine.preemption"):
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.should_stop(1)
+        assert stop.requeue() is True
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert "already requeued from outside" in caplog.text
+    # a refusal for another reason (submitted with --no-requeue: the job still runs as started) stays an error
+    caplog.clear()
+    _fake_scontrol(bin_dir, 1, "Requested operation is presently disabled for job 123",
+                   "JobId=123 JobName=x JobState=RUNNING Reason=None Requeue=0 Restarts=0 BatchFlag=1")
+    with Preemption() as stop, caplog.at_level(logging.WARNING, logger="xdt.engine.preemption"):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.should_stop(1)
+        assert stop.requeue() is False
+    assert "scontrol requeue 123 failed" in caplog.text
 
 
 def test_exit_code_convention():

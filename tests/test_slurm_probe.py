@@ -2,23 +2,30 @@
 
     python -m tests.test_slurm_probe run CONFIG [overrides...]      (the arguments `xdt run` would get)
 
-Each rank joins the gloo group torchrun set up, installs xdt's Preemption, and "trains" in 0.2 s steps, writing
-OUTPUT/probe/ready-<restart>-<rank> first. When the ranks agree to stop, each writes stopped-<restart>-<rank>
+Each rank records USR1 from its start (as `python -m xdt run` does), joins the gloo group torchrun set up, installs
+xdt's Preemption, and "trains" in 0.2 s steps, writing OUTPUT/probe/ready-<restart>-<rank> first (its pid and the
+MASTER_ADDR torchrun gave it). When the ranks agree to stop, each writes stopped-<restart>-<rank>
 (step, reason, signals it got itself), rank 0 runs `scontrol requeue`, and they exit 75 as xdt does. A requeued run
 (SLURM_RESTART_COUNT > 0) takes 3 steps and writes finished-<rank>.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-import time
-from pathlib import Path
+if __name__ == "__main__":  # first, as xdt/__main__.py does (not when pytest collects this file)
+    from xdt.engine.preemption import record_early_signals
 
-import torch.distributed as dist
+    record_early_signals()
 
-from xdt.config import load_config
-from xdt.engine.preemption import EXIT_REQUEUE, Preemption
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch.distributed as dist  # noqa: E402
+
+from xdt.config import load_config  # noqa: E402
+from xdt.engine.preemption import EXIT_REQUEUE, Preemption  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -29,7 +36,8 @@ def main(argv: list[str]) -> int:
     rank, restart = dist.get_rank(), int(os.environ.get("SLURM_RESTART_COUNT", "0"))
     stop = Preemption(Path(cfg.output.dir) / cfg.output.stop_file if hasattr(cfg.output, "stop_file") else None)
     stop.install()
-    (out / f"ready-{restart}-{rank}").write_text(str(os.getpid()))
+    (out / f"ready-{restart}-{rank}").write_text(json.dumps({"pid": os.getpid(),
+                                                             "master_addr": os.environ.get("MASTER_ADDR")}))
     code = 0
     for step in range(1, 1500):
         time.sleep(0.2)

@@ -16,6 +16,11 @@ rendered script (slurm/train.sbatch) forwards it to every process of the trainin
 `scancel`, preemption by a higher-priority job, or the time limit itself (then only KillWait seconds remain).
 A handler only sets a flag: saving from inside a signal handler would run in the middle of a collective.
 
+A USR1 that comes before the loop installs its handlers is not lost: `python -m xdt run|teacher|distill` records
+it from process start (`record_early_signals`, handed to the first `install`), and the batch shell of
+slurm/train.sbatch writes every signal it forwards to the file named by XDT_SIGNAL_FILE, which `should_stop` reads:
+that covers a signal during the job's set-up lines, srun's start, torchrun's rendezvous and the imports.
+
 The stop file (default OUTPUT/STOP) is the manual kill-switch: `touch OUTPUT/STOP` and the run saves and exits
 75 at its next check, without requeueing. Delete the file before resuming, or the resumed run stops again.
 
@@ -34,8 +39,6 @@ import signal
 import subprocess
 from pathlib import Path
 
-import torch
-
 log = logging.getLogger(__name__)
 
 EXIT_REQUEUE = 75  # checkpoint saved, run unfinished (requeued under SLURM): EX_TEMPFAIL
@@ -44,16 +47,35 @@ DEFAULT_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 # What the ranks agree on, by all_reduce MAX: the largest code wins, so a signal anywhere means "requeue".
 NONE, STOP_FILE, SIGNAL = 0, 1, 2
 REASONS = {NONE: None, STOP_FILE: "stop file", SIGNAL: "signal"}
+SIGNAL_FILE_ENV = "XDT_SIGNAL_FILE"  # set by slurm/train.sbatch: its batch shell writes each signal it forwards there
+
+_early: list[int] = []  # signals recorded by `record_early_signals` before any Preemption was installed
+
+
+def _record_early(signum: int, frame) -> None:
+    _early.append(signum)
+
+
+def record_early_signals(signals: tuple[signal.Signals, ...] = (signal.SIGUSR1,)) -> None:
+    """Record `signals` from now on, for the first `Preemption.install` to pick up. Call it at process start:
+    otherwise a USR1 before the training loop is ignored (the SLURM task wrapper ignores it so that torchrun's agent
+    lives) or kills the process (the default action). Leaves alone a signal that already has a Python handler."""
+    for sig in signals:
+        if signal.getsignal(sig) in (signal.SIG_DFL, signal.SIG_IGN, None):
+            signal.signal(sig, _record_early)
 
 
 class Preemption:
     """Flag set by signals or a stop file; `should_stop` makes the ranks agree; `requeue` asks SLURM again."""
 
     def __init__(self, stop_file: str | Path | None = None, every: int = 1,
-                 signals: tuple[signal.Signals, ...] = DEFAULT_SIGNALS):
+                 signals: tuple[signal.Signals, ...] = DEFAULT_SIGNALS, signal_file: str | Path | None = None):
         if every < 1:
             raise ValueError(f"every: expected a positive number of steps, got {every}")
         self.stop_file = Path(stop_file) if stop_file else None
+        # a file whose existence means "a signal came" (default: $XDT_SIGNAL_FILE, written by the batch shell)
+        signal_file = signal_file or os.environ.get(SIGNAL_FILE_ENV)
+        self.signal_file = Path(signal_file) if signal_file else None
         self.every = every
         self.signals = tuple(signals)
         self.received: list[int] = []  # signal numbers this process got, in order
@@ -71,6 +93,9 @@ class Preemption:
         for sig in self.signals:
             if sig not in self._previous:
                 self._previous[sig] = signal.signal(sig, self._handle)
+        if _early:  # signals that came before this install, recorded since process start
+            self.received.extend(_early)
+            _early.clear()
         if self.stop_file is not None and self.stop_file.exists():
             log.warning("%s exists: the run will save and stop at its first check; delete it to train on",
                         self.stop_file)
@@ -89,7 +114,7 @@ class Preemption:
 
     @property
     def local_code(self) -> int:
-        if self.received:
+        if self.received or (self.signal_file is not None and self.signal_file.exists()):
             return SIGNAL
         if self.stop_file is not None and self.stop_file.exists():
             return STOP_FILE
@@ -103,6 +128,8 @@ class Preemption:
             return True
         if step % self.every:
             return False
+        import torch  # here, not at the top: record_early_signals must be importable within milliseconds
+
         code = self.local_code
         if torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
@@ -115,8 +142,9 @@ class Preemption:
         if code == NONE:
             return False
         self.reason, self.stop_step = REASONS[code], step
-        log.warning("stopping after step %d (%s%s)", step, self.reason,
-                    f": {', '.join(signal.Signals(s).name for s in self.received)} here" if self.received else "")
+        here = f": {', '.join(signal.Signals(s).name for s in self.received)} here" if self.received else \
+            f": recorded in {self.signal_file}" if self.signal_file is not None and self.signal_file.exists() else ""
+        log.warning("stopping after step %d (%s%s)", step, self.reason, here)
         return True
 
     # ---- SLURM
@@ -134,6 +162,13 @@ class Preemption:
             log.error("SLURM job %s: scontrol not on PATH, cannot requeue", job)
             return False
         done = subprocess.run([scontrol, "requeue", job], capture_output=True, text=True, timeout=60)
+        if done.returncode != 0 and _requeued_already(scontrol, job):
+            # `scontrol requeue` from outside (an admin, a user) sent the TERM that stopped us: SLURM refuses a
+            # second requeue ("Job is pending execution"), and the job restarts all the same
+            log.warning("SLURM job %s was already requeued from outside; it resumes from the checkpoint just saved",
+                        job)
+            self._requeued = True
+            return True
         if done.returncode != 0:
             log.error("scontrol requeue %s failed (%d): %s (submitted with --no-requeue?)", job, done.returncode,
                       (done.stderr or done.stdout).strip())
@@ -141,3 +176,17 @@ class Preemption:
         log.warning("SLURM job %s requeued; it resumes from the checkpoint just saved", job)
         self._requeued = True
         return True
+
+
+def _requeued_already(scontrol: str, job: str) -> bool:
+    """Whether SLURM has requeued `job` since this run started: its restart count went past the one this run was
+    started with (SLURM_RESTART_COUNT), or it is back to pending."""
+    try:
+        done = subprocess.run([scontrol, "show", "job", "-o", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    fields = dict(word.split("=", 1) for word in done.stdout.split() if "=" in word)
+    restarts, started_as = fields.get("Restarts", ""), os.environ.get("SLURM_RESTART_COUNT", "0")
+    if restarts.isdigit() and started_as.isdigit() and int(restarts) > int(started_as):
+        return True
+    return fields.get("JobState", "") in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED")

@@ -81,7 +81,7 @@ class Resources:
     time: str | None = None  # None: the partition's default limit
     job_name: str | None = None
     signal_seconds: int = 300
-    port: int | None = None  # rendezvous port; None: 20000 + job id % 20000
+    port: int | None = None  # rendezvous port; None: 10000 + job id % 20000 (below the ephemeral ports)
     python: str | None = None  # interpreter on the compute nodes; None: this one (sys.executable)
     setup: list[str] = field(default_factory=list)  # shell lines before the launch (module load, source ...)
     env: list[str] = field(default_factory=list)  # KEY=VALUE exported in the job
@@ -130,13 +130,13 @@ class Resources:
             return self.procs_per_node
         return self.gpus_per_node or self.cpus_per_task
 
-    def common_values(self, python: str) -> dict[str, object]:
-        """Placeholders every template shares."""
+    def common_values(self, python: str, cpu_env: list[str] | tuple[str, ...] = ()) -> dict[str, object]:
+        """Placeholders every template shares. `cpu_env`: shell lines for CPU-only jobs, before the --env ones."""
         optional = [f"#SBATCH --time={self.time}" if self.time else "",
                     f"#SBATCH --partition={self.partition}" if self.partition else "",
                     f"#SBATCH --account={self.account}" if self.account else ""]
         optional += [f"#SBATCH {opt}" for opt in self.sbatch_options]
-        env = [] if self.gpus_per_node else ["export DS_ACCELERATOR=cpu"]
+        env = [] if self.gpus_per_node else ["export DS_ACCELERATOR=cpu", *cpu_env]
         for item in self.env:
             name, _, value = item.partition("=")
             env.append(f"export {name}={shlex.quote(value)}")

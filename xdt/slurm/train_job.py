@@ -30,6 +30,17 @@ DESCRIPTIONS = {"run": "teacher, distillation, export and eval (xdt run)", "teac
 # A requeued job must continue, not start over: the job passes this override to xdt.
 RESUME_KEY, RESUME_VALUE = "output.resume", "auto"
 
+# The rendezvous port when --port is not given: 10000-29999 by job id, below Linux's ephemeral range (32768-60999 by
+# default), so that no outgoing connection on the first node holds it already.
+DEFAULT_PORT = "$((10000 + SLURM_JOB_ID % 20000))"
+
+# CPU jobs: DeepSpeed JIT-compiles its shared-memory comm op on first use, under a lock in TORCH_EXTENSIONS_DIR.
+# The default, ~/.cache/torch_extensions, is shared by every job of the user: jobs wait on each other's ~30 s builds,
+# and one killed while building leaves a lock the next ones wait on forever. Each job (and restart) builds into a
+# folder of its own on the node's local disk, removed at the end; `--env TORCH_EXTENSIONS_DIR=...` chooses another.
+JOB_EXTENSIONS = ['XDT_JOB_EXTENSIONS="${TMPDIR:-/tmp}/xdt-torch-extensions-$SLURM_JOB_ID.${SLURM_RESTART_COUNT:-0}"',
+                  'export TORCH_EXTENSIONS_DIR="$XDT_JOB_EXTENSIONS"']
+
 
 def resume_supported() -> bool:
     """Whether this xdt's run config has the resume key (OutputConfig.resume)."""
@@ -91,7 +102,7 @@ def build_train_job(config: str, overrides: list[str], res: Resources, command: 
         resume_note = f"starts over (this xdt has no {RESUME_KEY} key yet)"
     nproc = res.nproc
     values = {
-        **res.common_values(python),
+        **res.common_values(python, cpu_env=JOB_EXTENSIONS),
         "description": DESCRIPTIONS[command],
         "script": script,
         "output_dir": output_dir,
@@ -105,7 +116,7 @@ def build_train_job(config: str, overrides: list[str], res: Resources, command: 
         "resume_note": resume_note,
         "log_dir": log_dir,
         "workdir": workdir,
-        "master_port": res.port or "$((20000 + SLURM_JOB_ID % 20000))",
+        "master_port": res.port or DEFAULT_PORT,
         "omp_threads": res.cpus_per_task if res.ntasks_per_node > 1 else max(1, res.cpus_per_task // nproc),
         "launch": join_lines(words, indent="        "),
     }
