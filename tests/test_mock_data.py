@@ -131,6 +131,13 @@ def test_tokenizer_reloads_as_cased_fast_wordpiece(tok_dir, splits):
     assert any(p.startswith("##") for p in tok.convert_ids_to_tokens(range(len(tok))))
 
 
+def test_two_builds_of_the_vocabulary_are_byte_identical(tmp_path, data_dir, tok_dir):
+    """The quickstart's report depends on its generated vocabulary: the same data must give the same files (the
+    `tokenizers` trainer alone numbered `##` pieces in hash-map order and broke merge ties with those numbers)."""
+    for build in ("again", "and again"):
+        assert _files(write_mock_tokenizer(tmp_path / build, data_dir, 4000)) == _files(tok_dir), build
+
+
 def test_aligner_keeps_every_word_and_windows_long_sentences(tok_dir, splits):
     aligner = Aligner(load_tokenizer(tok_dir), 32, {t: i for i, t in enumerate(WIKIANN_LABELS)})
     for split, by_lang in splits.items():

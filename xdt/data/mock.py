@@ -40,7 +40,7 @@ from pathlib import Path
 from xdt.config import MOCK, MockDataConfig, RunConfig
 from xdt.errors import XdtError
 
-GENERATOR_VERSION = 1  # bump when the mock data or tokenizer for the same config changes
+GENERATOR_VERSION = 2  # bump when the mock data or tokenizer for the same config changes (2: reproducible vocab)
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 SPLIT_SIZES = (("train", "train_sentences"), ("dev", "dev_sentences"), ("test", "test_sentences"))
 LONG_EVERY = 25  # one sentence in this many is long
@@ -353,9 +353,12 @@ def write_mock_tokenizer(out_dir: str | Path, data_dir: str | Path, vocab_size: 
     """A cased BERT WordPiece tokenizer trained on the words of the training split under `data_dir`, saved as a
     transformers fast-tokenizer folder (tokenizer.json, tokenizer_config.json) that AutoTokenizer loads.
 
-    Unlike the data, the vocabulary is not bit-reproducible: the `tokenizers` trainer breaks ties between equally
-    frequent merges in hash-map order (huggingface/tokenizers#1794), so a few sub-words differ from run to run.
-    `materialize_mock` therefore writes it once per key and reuses it."""
+    The same data gives byte-identical files on every build. The `tokenizers` trainer alone does not: it numbers
+    the `##` continuation pieces in hash-map order as it meets them, and those numbers break ties between equally
+    frequent merges (huggingface/tokenizers#1794), so the vocabulary, and every score after it, changed from build
+    to build. Here every base piece (each character, and `##` + each character found inside a word) is numbered up
+    front, in sorted order, by passing them to the trainer as special tokens; the final tokenizer keeps them as
+    ordinary vocabulary."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -372,14 +375,28 @@ def write_mock_tokenizer(out_dir: str | Path, data_dir: str | Path, vocab_size: 
                        for w in s.words for c in w})
 
     unk, pad, cls, sep, mask = "[UNK]", "[PAD]", "[CLS]", "[SEP]", "[MASK]"
-    tok = Tokenizer(models.WordPiece(unk_token=unk, continuing_subword_prefix="##", max_input_chars_per_word=100))
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False,
-                                                lowercase=False)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=1, special_tokens=list(SPECIAL_TOKENS),
-                                        initial_alphabet=alphabet, limit_alphabet=len(alphabet) + 1,
-                                        continuing_subword_prefix="##", show_progress=False)
-    tok.train_from_iterator((" ".join(s.words) for s in train), trainer=trainer, length=len(train))
+    # numbered before training (see the docstring): every character, and `##` + every character seen inside a word
+    inner = sorted({c for by_lang in splits.values() for sentences in by_lang.values() for s in sentences
+                    for w in s.words for c in w[1:]})
+    base = alphabet + ["##" + c for c in inner]
+
+    def new_tokenizer(vocab: dict[str, int] | None = None) -> Tokenizer:
+        tok = Tokenizer(models.WordPiece(vocab, unk_token=unk, continuing_subword_prefix="##",
+                                         max_input_chars_per_word=100))
+        tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False,
+                                                    lowercase=False)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        return tok
+
+    trainee = new_tokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=1,
+                                        special_tokens=[*SPECIAL_TOKENS, *base], initial_alphabet=alphabet,
+                                        limit_alphabet=len(alphabet) + 1, continuing_subword_prefix="##",
+                                        show_progress=False)
+    trainee.train_from_iterator((" ".join(s.words) for s in train), trainer=trainer, length=len(train))
+    # the trained vocabulary in a tokenizer whose only special tokens are the five real ones
+    tok = new_tokenizer(trainee.get_vocab())
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
     tok.post_processor = processors.TemplateProcessing(
         single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
         special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
