@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from xdt.deploy.onnx_export import export_onnx  # noqa: E402
 from xdt.deploy.onnx_predictor import ONNX_FILE, OnnxTokenClassifier, is_onnx_folder  # noqa: E402
 from xdt.deploy.source import no_progress_bars  # noqa: E402
-from xdt.deploy.staging import folder_bytes  # noqa: E402
+from xdt.outputs import folder_bytes  # noqa: E402
 from xdt.deploy.trim import trim_model  # noqa: E402
 from xdt.eval.run import EvalOptions, evaluate  # noqa: E402
 

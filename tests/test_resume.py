@@ -311,8 +311,9 @@ def test_fresh_run_refuses_to_overwrite_an_earlier_runs_checkpoints(workdir):
     ref = reference(workdir, 1, 2, EVERY_STEP)
     out = workdir / "again"
     shutil.copytree(ref, out)
-    proc = subprocess.run(command(workdir, out, 1, 2), cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=600)
+    # the same config (another one is refused sooner, by the run folder's record: test_trust_outputs.py)
+    proc = subprocess.run(command(workdir, out, 1, 2, list(EVERY_STEP)), cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 2
     assert "holds checkpoints of an earlier run" in proc.stderr and "output.resume=auto" in proc.stderr
 

@@ -71,8 +71,8 @@ def test_multi_node_gpu_training_script_carries_the_conventions(tmp_path):
     assert "export OMP_NUM_THREADS=4" in text  # 32 CPUs over 8 ranks
     assert "DS_ACCELERATOR" not in text
     assert f"-m xdt run {QUICKSTART}" in text.replace(" \\\n        ", " ")
-    if resume_supported():
-        assert f"{RESUME_KEY}=auto" in text
+    # unconditional: a renamed resume key must fail here, not quietly drop the check
+    assert resume_supported() and f"{RESUME_KEY}=auto" in text
 
 
 def test_cpu_only_cluster_runs_cpus_per_task_gloo_ranks(tmp_path):
@@ -175,11 +175,11 @@ def test_time_formats():
 
 
 def test_render_drops_empty_optional_lines_and_needs_every_value():
-    text = render("eval-merge.sbatch", {"shards": 2, "array_job_id": "7", "description": "d", "out": "/o",
+    text = render("eval-merge.sbatch", {"shards": 2, "script": "/o/m.sbatch", "description": "d", "out": "/o",
                                         "job_name": "j", "optional_directives": "", "log_dir": "/o/l",
                                         "workdir": "/w", "python": "py", "env_lines": "", "setup_lines": "",
                                         "shard_dirs": "/o/shards/0 /o/shards/1"})
-    assert "\n\n\n" not in text and "#SBATCH --dependency=afterok:7" in text
+    assert "\n\n\n" not in text and "#SBATCH --job-name=j\n#SBATCH --nodes=1" in text
     with pytest.raises(XdtError, match="no value for placeholder"):
         render("eval-merge.sbatch", {})
 
@@ -198,11 +198,13 @@ def test_eval_array_and_merge_scripts(tmp_path):
     assert "--array=0-3" in d and "--cpus-per-task=2" in d and "--time=00:20:00" in d
     assert '--shard "$SHARD/4"' in jobs.array_text and 'SHARD="$SLURM_ARRAY_TASK_ID"' in jobs.array_text
     assert f"--out \"{tmp_path / 'ev'}/shards/$SHARD\"" in jobs.array_text
-    merge = jobs.merge_text("1234")
+    merge = jobs.merge_text
     bash_n(merge, tmp_path)
     assert "--job-name=xdt-eval-ev-merge" in directives(merge)
-    assert "--dependency=afterok:1234" in directives(merge) and "--kill-on-invalid-dep=yes" in directives(merge)
-    assert f"eval merge {tmp_path / 'ev'}/shards/0" in merge and f"--out \"{tmp_path / 'ev'}\"" in merge
+    # the dependency goes on sbatch's command line, where the array's id is known (no #SBATCH line can read it)
+    assert not any(d.startswith("--dependency") for d in directives(merge))
+    assert jobs.merge_options("1234") == ["--dependency=afterok:1234", "--kill-on-invalid-dep=yes"]
+    assert f"eval merge {tmp_path / 'ev'}/shards/0" in merge and f"--out \"{tmp_path / 'ev'}/report\"" in merge
     with pytest.raises(XdtError, match="^--shards 6: more shards than the 5 language"):
         build_eval_jobs(EvalSpec(model=str(model), data=[data], out=str(tmp_path / "ev"), shards=6,
                                  langs="af,hi,ms,tl,et"), Resources())
@@ -211,6 +213,26 @@ def test_eval_array_and_merge_scripts(tmp_path):
                         Resources())
     with pytest.raises(XdtError, match="^--nodes/--ntasks-per-node"):
         build_eval_jobs(spec, Resources(nodes=2))
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "wikiann" / "xtreme").is_dir(),
+                    reason="../shared/data/wikiann/xtreme not found")
+def test_eval_dry_run_writes_scripts_sbatch_accepts_as_printed(tmp_path, capsys):
+    from xdt.slurm.cli import main
+
+    model = tmp_path / "model"
+    model.mkdir()
+    out = tmp_path / "ev"
+    assert main(["slurm", "eval", "--model", str(model), "--data", str(ROOT.parent / "shared" / "data" / "wikiann" /
+                 "xtreme"), "--langs", "af,hi", "--shards", "2", "--out", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr()
+    merge = (out / "slurm" / "xdt-eval-ev-merge.sbatch").read_text()
+    assert merge in printed.out
+    # no #SBATCH line holds a shell variable: sbatch reads them literally (`afterok:$ARRAY_JOB_ID` is refused)
+    assert not [d for d in directives(merge) if "$" in d]
+    assert (f"ARRAY_JOB_ID=$(sbatch --parsable {out}/slurm/xdt-eval-ev-array.sbatch) && sbatch "
+            f"--dependency=afterok:$ARRAY_JOB_ID --kill-on-invalid-dep=yes {out}/slurm/xdt-eval-ev-merge.sbatch"
+            ) in printed.err
 
 
 def test_cluster_script_usage():

@@ -208,7 +208,7 @@ def test_out_must_be_a_transfer_folder(tmp_path):
     src = _write(tmp_path / "s.txt", "en\tthe red house\n")
     other = tmp_path / "other"
     _write(other / "keep.txt", "not mine")
-    with pytest.raises(XdtError, match="not a transfer set"):
+    with pytest.raises(XdtError, match="exists and is not empty; choose another --out or pass --overwrite"):
         build_transfer(load_transfer_config(data={"sources": [{"path": str(src)}]}), other)
     assert (other / "keep.txt").exists()
 

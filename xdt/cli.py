@@ -37,17 +37,17 @@ def _run(args: argparse.Namespace) -> int:
     from xdt.engine.distributed import shutdown
     from xdt.run import run
 
-    run(_load_run_config(args))
+    run(_load_run_config(args), overwrite=args.overwrite)
     shutdown()
     return 0
 
 
 def _teacher_train(args: argparse.Namespace) -> int:
     from xdt.engine.distributed import is_main, shutdown
-    from xdt.run import prepare, train_teacher_step
+    from xdt.run import start_run, train_teacher_step
 
     cfg = _load_run_config(args)
-    _, _, data = prepare(cfg)
+    _, _, data = start_run(cfg, "teacher", args.overwrite)
     result = train_teacher_step(cfg, data, Path(cfg.output.dir))
     if is_main():
         print(json.dumps(result))
@@ -73,13 +73,13 @@ def _teacher_cache(args: argparse.Namespace) -> int:
 def _distill(args: argparse.Namespace) -> int:
     from xdt.engine.distributed import is_main, shutdown
     from xdt.errors import ConfigError
-    from xdt.run import distill_step, prepare
+    from xdt.run import distill_step, start_run
 
     cfg = _load_run_config(args)
     if not cfg.teacher.model:
         raise ConfigError("teacher.model: `xdt distill` needs a fine-tuned teacher folder (from `xdt teacher train`, "
                           "or use `xdt run` to do both)")
-    _, _, data = prepare(cfg)
+    _, _, data = start_run(cfg, "distill", args.overwrite)
     result = distill_step(cfg, data, Path(cfg.teacher.model), Path(cfg.output.dir))
     if is_main():
         print(json.dumps({k: v for k, v in result.items() if k != "history"}))
@@ -88,7 +88,7 @@ def _distill(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from xdt.models.export import export_model
+    from xdt.models.export import export_model, export_source
 
     if args.format == "onnx":
         from xdt.deploy.onnx_export import export_onnx, summary_line
@@ -102,7 +102,11 @@ def _export(args: argparse.Namespace) -> int:
         return 0
     if args.quantize or args.data:
         raise XdtError("--quantize and --data belong to --format onnx (the HF export is the fp32 model itself)")
-    print(export_model(args.checkpoint, args.out, args.tokenizer, args.overwrite))
+    out = export_model(args.checkpoint, args.out, args.tokenizer, args.overwrite)
+    source, tagged = export_source(args.checkpoint)  # a run folder: its best dev model, as `xdt run` exports
+    what = (f"DeepSpeed checkpoint {source}" if tagged else
+            f"{source} (the run's best dev model)" if source.name == "student_best" else str(source))
+    print(f"exported {what} -> {out}")
     return 0
 
 
@@ -117,13 +121,17 @@ def _trim(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_config_args(parser: argparse.ArgumentParser, optional: bool = False) -> None:
+def _add_config_args(parser: argparse.ArgumentParser, optional: bool = False, run_folder: bool = True) -> None:
     parser.add_argument("config", nargs="?" if optional else None,
                         help=f"run config YAML{' (default: ' + QUICKSTART + ')' if optional else ''}")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="dotted overrides, e.g. student.hidden_size=256 data.langs=[de,en]")
+                        help="dotted overrides, e.g. student.hidden_size=256 data.langs=[de,en] (also after options)")
     parser.add_argument("--resume", choices=["auto", "never"],
                         help="auto: continue from the newest complete checkpoint in output.dir (output.resume)")
+    if run_folder:
+        parser.add_argument("--overwrite", action="store_true",
+                            help="start over in an output.dir that holds another run or other files (deleted; never "
+                                 "a folder that is, holds or lies inside the run's data, tokenizer or teacher)")
 
 
 def _data_inspect(args: argparse.Namespace) -> int:
@@ -198,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_teacher_train)
     cache = teacher_sub.add_parser("cache", help="cache the teacher's outputs on the transfer set "
                                    "(distill.teacher_cache), one shard per rank")
-    _add_config_args(cache)
+    _add_config_args(cache, run_folder=False)
     cache.set_defaults(func=_teacher_cache)
 
     distill = sub.add_parser("distill", help="distil teacher.model into a student through the stage schedule")
@@ -257,7 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `xdt run CONFIG --resume auto key=value`: argparse ends positionals at the first option; overrides that
+    # follow one are still overrides
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("xdt").setLevel(logging.DEBUG if args.verbose else logging.INFO)

@@ -31,9 +31,10 @@ STUDENT_PRESETS: dict[str, dict[str, int]] = {
 MOCK = "mock"  # data.path / tokenizer.path value: xdt generates the data or the vocabulary itself
 
 
-def _path(must_exist: bool = True, **kw):
-    """A field holding a path; checked by `check_paths` unless it says `mock` or is empty."""
-    return field(metadata={"path": must_exist}, **kw)
+def _path(must_exist: bool = True, allow_empty: bool = False, **kw):
+    """A field holding a path; checked by `check_paths` unless it says `mock`. An empty path is refused (it would
+    mean the working directory) unless `allow_empty` gives it a meaning."""
+    return field(metadata={"path": must_exist, "empty": allow_empty}, **kw)
 
 
 @dataclass
@@ -74,7 +75,7 @@ class TokenizerConfig:
 
 @dataclass
 class TeacherConfig:
-    model: str = _path(default="")  # HF folder to fine-tune; empty: a BERT of the shape below, randomly initialised
+    model: str = _path(default="", allow_empty=True)  # HF folder to fine-tune; empty: a random BERT of this shape
     num_layers: int = 4
     hidden_size: int = 256
     num_heads: int = 4
@@ -360,6 +361,9 @@ def check_paths(cfg: Any, prefix: str = "") -> None:
         elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
             for i, item in enumerate(value):
                 check_paths(item, f"{dotted}.{i}")
+        elif "path" in f.metadata and value is not None and not str(value).strip() and not f.metadata["empty"]:
+            raise ConfigError(f"{dotted}: empty path; expected a file or folder" + (" or 'mock'" if value == ""
+                              and f.default == MOCK else "") + (" (null for none)" if f.default is None else ""))
         elif f.metadata.get("path") and value and value != MOCK and not str(value).startswith("hf:"):
             if not Path(value).exists() and not _project_relative(value).exists():
                 raise ConfigError(f"{dotted}: path {value!r} does not exist")
@@ -371,16 +375,60 @@ def _project_relative(value: str) -> Path:
     return project_root() / value
 
 
+# Numeric ranges (dotted key -> (lowest, lowest allowed?, highest or None, highest allowed?)): checked at load, so a
+# negative learning rate or a zero batch size is one line before any work, not an error deep in torch.
+_POSITIVE = (0, False, None, False)
+_NON_NEGATIVE = (0, True, None, False)
+_FRACTION = (0, True, 1, False)  # dropout
+RANGES = {
+    **dict.fromkeys(("data.max_seq_length", "student.num_layers", "student.hidden_size", "student.num_heads",
+                     "student.intermediate_size", "teacher.num_layers", "teacher.hidden_size", "teacher.num_heads",
+                     "teacher.intermediate_size", "teacher.batch_size", "teacher.lr", "distill.batch_size",
+                     "distill.lr", "distill.temperature", "eval.batch_size", "deepspeed.gradient_accumulation_steps",
+                     "tokenizer.mock_vocab_size", "data.mock.train_sentences", "data.mock.dev_sentences",
+                     "data.mock.test_sentences"), _POSITIVE),
+    **dict.fromkeys(("teacher.epochs", "teacher.eval_every", "teacher.early_stopping_patience", "distill.epochs",
+                     "distill.steps", "distill.warmup_steps", "distill.eval_every", "data.limit", "data.dev_limit",
+                     "output.checkpoint_every", "output.keep_last", "deepspeed.gradient_clipping"), _NON_NEGATIVE),
+    **dict.fromkeys(("teacher.dropout", "student.dropout", "distill.projection_dropout"), _FRACTION),
+    "teacher.warmup_ratio": (0, True, 1, True),
+}
+STAGE_RANGES = {"lr": _POSITIVE, "epochs": _NON_NEGATIVE, "steps": _NON_NEGATIVE, "warmup_steps": _NON_NEGATIVE}
+
+
+def _check_range(key: str, value, bounds) -> None:
+    low, low_ok, high, high_ok = bounds
+    if value is None:
+        return
+    fine = (value > low or (low_ok and value == low)) and (high is None or value < high or (high_ok and value == high))
+    if not fine:  # NaN fails every comparison and lands here too
+        kind = "integer" if isinstance(value, int) else "number"
+        want = {_POSITIVE: f"a positive {kind}", _NON_NEGATIVE: f"a non-negative {kind}"}.get(
+            bounds, f"a number in {'[' if low_ok else '('}{low}, {high}{']' if high_ok else ')'}")
+        raise ConfigError(f"{key}: expected {want}, got {value}")
+
+
+def _get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 def check_config(cfg: RunConfig) -> None:
     """Checks across fields, beyond what each field's type says."""
     check_paths(cfg)
-    positive = {"data.max_seq_length": cfg.data.max_seq_length, "student.num_layers": cfg.student.num_layers,
-                "student.hidden_size": cfg.student.hidden_size, "student.num_heads": cfg.student.num_heads,
-                "teacher.hidden_size": cfg.teacher.hidden_size, "teacher.num_heads": cfg.teacher.num_heads,
-                "distill.batch_size": cfg.distill.batch_size, "eval.batch_size": cfg.eval.batch_size}
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key}: expected a positive integer, got {value}")
+    if not cfg.output.dir.strip():
+        raise ConfigError("output.dir: empty; expected the run's folder (it would be the working directory)")
+    for key, bounds in RANGES.items():
+        _check_range(key, _get(cfg, key), bounds)
+    for i, stage in enumerate(cfg.stages):
+        for key, bounds in STAGE_RANGES.items():
+            _check_range(f"stages.{i}.{key}", getattr(stage, key), bounds)
+        for term, weight in stage.losses.items():
+            _check_range(f"stages.{i}.losses.{term}", weight, _NON_NEGATIVE)
+    from xdt.engine.ds_config import read_ds_file  # its shape, before any engine is built
+
+    read_ds_file(cfg.deepspeed.config)
     if cfg.data.max_seq_length < 3:
         raise ConfigError(f"data.max_seq_length: expected at least 3, got {cfg.data.max_seq_length}")
     for who in ("teacher", "student"):

@@ -47,6 +47,139 @@ def prepare(cfg: RunConfig):
     return data_dir, tokenizer, load_task_data(cfg, str(data_dir), tokenizer)
 
 
+def run_parts(cfg: RunConfig, command: str) -> list[str]:
+    """What a training command writes into output.dir: the teacher's part, the student's (distill), or both."""
+    if command in ("teacher", "distill"):
+        return [command]
+    return ["distill"] if cfg.teacher.model and cfg.teacher.epochs == 0 else ["teacher", "distill"]
+
+
+def _model_config(folder: str, key: str):
+    """The config.json of a model folder the run reads, with its weight files checked whole."""
+    from transformers import AutoConfig
+
+    from xdt.engine.safe_load import check_safetensors
+    from xdt.errors import ConfigError
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as err:
+        raise ConfigError(f"{key}: cannot read {folder}/config.json: {' '.join(str(err).split())[:200]}") from None
+    check_safetensors(folder)
+    return config
+
+
+def _check_positions(cfg: RunConfig, config, who: str) -> None:
+    from xdt.errors import ConfigError
+
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions and config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        positions -= 2  # their position ids start after the padding index
+    if positions and cfg.data.max_seq_length > positions:
+        raise ConfigError(f"data.max_seq_length: {cfg.data.max_seq_length} exceeds the {positions} positions of "
+                          f"{who}; lower it (longer sentences are split into windows, no word is lost)")
+
+
+def check_run(cfg: RunConfig, data, data_dir: Path, parts: list[str], evaluate: bool) -> None:
+    """What would otherwise fail mid-run, checked before anything is written: the models' folders and shapes,
+    the layer map, positions against data.max_seq_length, and that every language of data.langs has data."""
+    from transformers import BertConfig
+
+    from xdt.distill.strategies import resolve_stages
+    from xdt.errors import ConfigError
+    from xdt.models.layer_map import resolve_layer_map, teacher_layers_to_copy
+    from xdt.models.student import student_shape
+
+    if cfg.teacher.model:
+        tcfg = _model_config(cfg.teacher.model, "teacher.model")
+        who = f"teacher.model {cfg.teacher.model}"
+    else:  # the random BERT build_teacher makes (transformers' default of 512 positions)
+        tcfg = BertConfig(num_hidden_layers=cfg.teacher.num_layers, hidden_size=cfg.teacher.hidden_size,
+                          num_attention_heads=cfg.teacher.num_heads)
+        who = "the teacher (a random BERT)"
+    _check_positions(cfg, tcfg, who)
+    if "distill" in parts:
+        if cfg.student.init_from:
+            scfg = _model_config(cfg.student.init_from, "student.init_from")
+            _check_positions(cfg, scfg, f"student.init_from {cfg.student.init_from}")
+            student_layers = scfg.num_hidden_layers
+        else:
+            student_layers = student_shape(cfg.student).num_layers
+        teacher_layers = tcfg.num_hidden_layers
+        if cfg.distill.teacher_cache or any(s.losses.get("hidden", 0) > 0 for s in resolve_stages(cfg)):
+            resolve_layer_map(cfg.distill.layer_map, student_layers, teacher_layers)
+        if cfg.student.embedding_init == "teacher" and not cfg.student.init_from:
+            teacher_layers_to_copy(cfg.distill.layer_map, student_layers, teacher_layers)  # as distill_step copies
+        cache = Path(cfg.distill.teacher_cache or "") / "manifest.json"
+        if cfg.distill.teacher_cache and "teacher" not in parts and cache.is_file():  # stale or damaged: now
+            from xdt.distill.teacher_cache import TeacherCache, teacher_weights_hash
+            from xdt.distill.train import cached_layers
+
+            TeacherCache.open(cfg.distill.teacher_cache, teacher_hash=teacher_weights_hash(cfg.teacher.model),
+                              layers_needed=cached_layers(cfg, student_layers, teacher_layers),
+                              **cache_keys(cfg, data))
+        if "teacher" not in parts:  # a fine-tuned teacher: it must predict the data's labels, in their order
+            names = [(tcfg.id2label or {}).get(i) for i in range(tcfg.num_labels)]
+            if names != list(data.labels):
+                raise ConfigError(f"teacher.model: {cfg.teacher.model} predicts labels {names}, the data has "
+                                  f"{list(data.labels)}; fine-tune the teacher on this label set (xdt teacher train)")
+    if cfg.data.task != "token" or not cfg.data.langs:
+        return
+    found = set(data.train.langs) | set(data.dev)
+    absent = [lang for lang in cfg.data.langs if lang not in found]
+    if absent:
+        from xdt.data.discover import discover
+
+        named = {s.lang for s in discover(data_dir, cfg.data.train_split, cfg.data.format)}  # None: file says
+        there = f" (it has: {' '.join(sorted(named))})" if None not in named else ""
+        raise ConfigError(f"data.langs: {', '.join(absent)} has no {cfg.data.train_split} or {cfg.data.dev_split} "
+                          f"data under {data_dir}{there}")
+    if evaluate and not cfg.eval.suite:  # the final evaluation scores data.langs on eval.split
+        from xdt.eval.data import load_eval_data
+
+        missing = load_eval_data([str(data_dir)], cfg.eval.split, cfg.data.langs, cfg.data.format).missing
+        if missing:
+            raise ConfigError(f"data.langs: {', '.join(missing)} has no {cfg.eval.split} data under {data_dir}, "
+                              "which the run's final evaluation scores (eval.split); drop it from data.langs")
+
+
+def run_inputs(cfg: RunConfig) -> dict[str, str | None]:
+    """What a run reads: `--overwrite` never deletes a run folder that is, holds or lies inside one of them."""
+    return {"data.path": cfg.data.path, "data.transfer": cfg.data.transfer, "tokenizer.path": cfg.tokenizer.path,
+            "teacher.model": cfg.teacher.model, "student.init_from": cfg.student.init_from,
+            "deepspeed.config": cfg.deepspeed.config}
+
+
+def start_run(cfg: RunConfig, command: str, overwrite: bool = False):
+    """(data folder, tokenizer, task data) of a training command, after everything it reads is checked and its
+    output.dir claimed: empty, a run of the same config (to continue), or cleared with `overwrite`."""
+    from xdt.engine.distributed import barrier
+    from xdt.errors import ConfigError
+    from xdt.outputs import check_run_folder, claim_run_folder, run_identity
+
+    if overwrite and cfg.output.resume == "auto":
+        raise ConfigError("output.resume: auto continues the run in output.dir, --overwrite starts it over; pass "
+                          "one of them")
+    init_distributed()
+    data_dir, tokenizer, data = prepare(cfg)
+    parts = run_parts(cfg, command)
+    check_run(cfg, data, data_dir, parts, evaluate=command == "run")
+    out, identity = Path(cfg.output.dir), run_identity(asdict(cfg))
+    extras = [Path(cfg.output.stop_file).name]  # a user may `touch` it before the run starts
+    check_run_folder(out, parts, identity, overwrite, run_inputs(cfg), extras)
+    if not overwrite:  # checkpoints of this config: continued only with --resume auto, and checked whole now
+        from xdt.distill.train import resume_point
+        from xdt.engine.checkpoint import Checkpointer
+
+        for part in parts:
+            resume_point(Checkpointer(out / "checkpoints" / part), cfg.output.resume)
+    barrier()  # every rank has looked before the folder changes
+    if is_main():
+        claim_run_folder(out, parts, identity, overwrite, extras)
+    barrier()
+    return data_dir, tokenizer, data
+
+
 def load_teacher_model(path: str | Path, labels: list[str], eager: bool, task: str = "token"):
     """A fine-tuned teacher folder for inference. Its label order must be the run's."""
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
@@ -90,7 +223,6 @@ def cache_keys(cfg: RunConfig, data) -> dict:
 def cache_step(cfg: RunConfig, data, teacher_dir: Path) -> dict:
     """`xdt teacher cache`: the teacher's outputs on the transfer set, one shard per rank."""
     import numpy as np
-    from transformers import AutoConfig
 
     from xdt.distill.teacher_cache import build_teacher_cache
     from xdt.distill.teacher_train import teacher_device_dtype
@@ -101,7 +233,7 @@ def cache_step(cfg: RunConfig, data, teacher_dir: Path) -> dict:
 
     if not cfg.distill.teacher_cache:
         raise ConfigError("distill.teacher_cache: set the folder the cache goes to")
-    tcfg = AutoConfig.from_pretrained(str(teacher_dir))
+    tcfg = _model_config(str(teacher_dir), "teacher.model")
     layers = cached_layers(cfg, student_shape(cfg.student).num_layers, tcfg.num_hidden_layers)
     teacher = load_teacher_model(teacher_dir, data.labels, eager=False)
     dev, dtype = teacher_device_dtype()
@@ -152,7 +284,7 @@ def distill_step(cfg: RunConfig, data, teacher_dir: Path, out: Path) -> dict:
         cfg.student.embedding_init == "teacher" else None
     torch.manual_seed(cfg.seed)  # the student's random initialisation is part of what a seed reproduces
     student = build_student(cfg.student, vocab_size=len(data.tokenizer), labels=data.labels, task=cfg.data.task,
-                            teacher=teacher,
+                            teacher=teacher, copy_layer_map=cfg.distill.layer_map,
                             teacher_word_embeddings=_teacher_word_embeddings(teacher_dir) if svd and teacher is None
                             else None, pad_token_id=data.tokenizer.pad_token_id,
                             attn_implementation="eager" if eager else None, attention_dropout=0.0 if eager else None)
@@ -172,20 +304,18 @@ def evaluate_step(cfg: RunConfig, student_dir: Path, teacher_dir: Path, data_dir
                        suite=cfg.eval.suite, langs=None if cfg.eval.suite else cfg.data.langs,
                        split=cfg.eval.split, format=cfg.data.format, batch_size=cfg.eval.batch_size,
                        max_seq_length=cfg.data.max_seq_length, progress=is_main(),
-                       allow_missing=cfg.eval.suite is not None)
+                       allow_missing=cfg.eval.suite is not None, overwrite=True)  # the run's own eval folder
     return evaluate(opts)
 
 
-def run(cfg: RunConfig) -> dict:
+def run(cfg: RunConfig, overwrite: bool = False) -> dict:
     from xdt.eval.report import summary_lines
     from xdt.models.export import export_model
 
-    init_distributed()
     out = Path(cfg.output.dir)
-    out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    data_dir, tokenizer, data = prepare(cfg)
+    data_dir, tokenizer, data = start_run(cfg, "run", overwrite)  # nothing is written before this
     timings["data_s"] = time.perf_counter() - t0
 
     t = time.perf_counter()

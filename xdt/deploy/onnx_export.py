@@ -42,7 +42,7 @@ from xdt.deploy.onnx_predictor import (
 )
 from xdt.deploy.probe import first_sentences, probe_batches, probe_sentences
 from xdt.deploy.source import load_token_model, load_tokenizer_for, model_folder, no_progress_bars
-from xdt.deploy.staging import check_out, staged_folder
+from xdt.outputs import check_out, staged_folder
 from xdt.errors import XdtError
 
 OPSET = 18
@@ -153,7 +153,8 @@ def _export(model, out, quantize, tokenizer, data, langs, split, fmt, tolerance,
         raise XdtError(f"--tolerance {tolerance}: expected a non-negative number")
     if not 0 <= int8_min_agreement <= 1:
         raise XdtError(f"--int8-min-agreement {int8_min_agreement}: expected a fraction between 0 and 1")
-    check_out(out, overwrite)
+    inputs = [model, tokenizer, *(data or [])]
+    check_out(out, overwrite, inputs)
     src = model_folder(model)
     torch_model = load_token_model(src).float()
     tok = load_tokenizer_for(src, tokenizer)
@@ -163,7 +164,7 @@ def _export(model, out, quantize, tokenizer, data, langs, split, fmt, tolerance,
         limit -= 2
     max_seq_length = min(max_seq_length, limit)
 
-    with tempfile.TemporaryDirectory(prefix="xdt-onnx-") as work, staged_folder(out, overwrite) as tmp:
+    with tempfile.TemporaryDirectory(prefix="xdt-onnx-") as work, staged_folder(out, overwrite, inputs) as tmp:
         fp32 = Path(work) / "model.fp32.onnx"
         export_graph(torch_model, fp32, opset)
         parity = {"fp32": compare(torch_model, fp32, tok, sentences, max_seq_length)}

@@ -43,9 +43,12 @@ def load_token_model(src: Path):
 
 
 def model_folder(model: str | Path) -> Path:
+    from xdt.engine.safe_load import check_safetensors
     from xdt.models.export import find_model_folder
 
-    return find_model_folder(model)
+    folder = find_model_folder(model)
+    check_safetensors(folder)  # a truncated weights file is one line, not safetensors' traceback
+    return folder
 
 
 def load_tokenizer_for(src: Path, tokenizer: str | Path | None):

@@ -37,7 +37,7 @@ from xdt.data.readers import ReadOptions, ReadReport
 from xdt.data.sentence import Sentence
 from xdt.deploy.probe import first_sentences, probe_batches
 from xdt.deploy.source import load_token_model, load_tokenizer_for, model_folder, no_progress_bars
-from xdt.deploy.staging import check_out, folder_bytes, staged_folder
+from xdt.outputs import check_out, folder_bytes, staged_folder
 from xdt.errors import XdtError
 
 FLOORS = ("chars", "none")
@@ -262,7 +262,8 @@ def trim_model(model: str | Path, data: list[str] | str, out: str | Path, *, lan
 
 def _trim(model, data, out, langs, split, fmt, floor, floor_min_share, tokenizer, overwrite) -> dict:
     t0 = time.perf_counter()
-    check_out(out, overwrite)
+    inputs = [model, tokenizer, *([data] if isinstance(data, (str, Path)) else data)]
+    check_out(out, overwrite, inputs)
     src = model_folder(model)
     torch_model = load_token_model(src)
     tok = load_tokenizer_for(src, tokenizer)
@@ -277,7 +278,7 @@ def _trim(model, data, out, langs, split, fmt, floor, floor_min_share, tokenizer
     old2new = {old: new for new, old in enumerate(keep)}
 
     params_before = sum(p.numel() for p in torch_model.parameters())
-    with staged_folder(out, overwrite) as tmp:
+    with staged_folder(out, overwrite, inputs) as tmp:
         new_tok = _write_tokenizer(tok, vocab.rebuilt(old2new), tmp)
         _check_specials(vocab, new_tok, old2new)
         trimmed = _slice_embeddings(torch_model, keep, old2new)

@@ -134,12 +134,22 @@ def _open_array(path: Path, shape: tuple[int, ...], dtype) -> np.ndarray:
 def _load_array(path: Path) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError:  # empty arrays cannot be memory-mapped
+    except (ValueError, OSError, EOFError):  # empty arrays cannot be memory-mapped; a short file is read below
         pass
     try:
         return np.load(path, allow_pickle=False)
-    except ValueError as err:  # e.g. an object array: it would need pickle, which runs code
+    except (ValueError, OSError, EOFError) as err:  # cut short, missing, or an object array (pickle runs code)
         raise XdtError(f"{path}: not a teacher-cache array ({err}); rebuild the cache") from None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise XdtError(f"{path}: unreadable teacher-cache metadata ({err}); rebuild the cache") from None
+    if not isinstance(value, dict):
+        raise XdtError(f"{path}: unreadable teacher-cache metadata (not a JSON object); rebuild the cache")
+    return value
 
 
 def _store(out: np.ndarray, rows: list[tuple[int, int]], values: torch.Tensor, what: str) -> None:
@@ -195,6 +205,14 @@ def build_teacher_cache(teacher: torch.nn.Module, features: AlignedFeatures, out
             "num_hidden_states": num_states, "num_labels": num_labels, "hidden_size": hidden, "dtype": dtype_name,
             "num_windows": int(features.num_windows), "world": int(world)}
 
+    if out_dir.exists() and not out_dir.is_dir():
+        raise XdtError(f"distill.teacher_cache: {out_dir} exists and is not a folder")
+    # a cache is rebuilt in place, but never over a folder that holds anything else (a run, data)
+    strangers = sorted(e.name for e in out_dir.iterdir() if e.name != MANIFEST
+                       and not e.name.lstrip(".").startswith("shard-")) if out_dir.is_dir() else []
+    if strangers:
+        raise XdtError(f"distill.teacher_cache: {out_dir} holds files that are not a teacher cache "
+                       f"({', '.join(strangers[:3])}); choose a new or empty folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     # a job of several ranks builds one shard per rank, collectively; a lone process (even one that set up a
     # one-rank group, as every xdt command does) may build any shard, e.g. all of them one after the other
@@ -328,7 +346,7 @@ class TeacherCache:
         if not mf.exists():
             raise XdtError(f"{path}: partial teacher cache: no {MANIFEST} (a build did not finish on every rank); "
                            "rebuild it")
-        manifest = json.loads(mf.read_text())
+        manifest = _read_json(mf)
         if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
             raise XdtError(f"{path}: not an {FORMAT} v{VERSION} cache (format {manifest.get('format')!r}, "
                            f"version {manifest.get('version')!r}); rebuild it")
@@ -353,16 +371,17 @@ class TeacherCache:
             d = path / entry["name"]
             if not (d / MARKER).exists():
                 raise XdtError(f"{d}: partial teacher cache: shard without its '{MARKER}' marker; rebuild it")
-            meta = json.loads((d / "shard.json").read_text())
+            meta = _read_json(d / "shard.json")
             for key in (*_KEYED, "layers", "num_windows", "dtype"):
                 if meta.get(key) != manifest[key]:
                     raise XdtError(f"{d}: shard {key} {meta.get(key)!r} differs from the manifest's "
                                    f"{manifest[key]!r} (rebuilt after the manifest); rebuild the cache")
             arrays = {"logits": _load_array(d / "logits.npy")}
             arrays.update({x: _load_array(d / f"hidden-{x:02d}.npy") for x in manifest["layers"]})
-            windows, offsets = (np.load(d / f"{x}.npy", allow_pickle=False) for x in ("windows", "offsets"))
-            if (len(offsets) != len(windows) + 1 or arrays["logits"].shape != (offsets[-1], manifest["num_labels"])
-                    or arrays["logits"].dtype != dt):
+            windows, offsets = (np.asarray(_load_array(d / f"{x}.npy")) for x in ("windows", "offsets"))
+            widths = {"logits": manifest["num_labels"], **{x: manifest["hidden_size"] for x in manifest["layers"]}}
+            if (windows.ndim != 1 or offsets.ndim != 1 or len(offsets) != len(windows) + 1
+                    or any(arrays[k].shape != (offsets[-1], w) or arrays[k].dtype != dt for k, w in widths.items())):
                 raise XdtError(f"{d}: shard arrays do not match its index; rebuild the cache")
             if len(windows) and (windows.min() < 0 or windows.max() >= n or (shard_of[windows] >= 0).any()):
                 raise XdtError(f"{d}: shard windows out of range or held twice; rebuild the cache")

@@ -326,10 +326,13 @@ def resume_point(ckpt: Checkpointer, resume: str) -> tuple[str, dict] | None:
     """The checkpoint to continue from; refuses to start over a run that has checkpoints unless asked."""
     found = ckpt.latest()
     if resume == "auto":
+        if found is not None:
+            ckpt.verify(found[0])  # a damaged file is found now, not after the engine is built
         return found
     if found is not None:
         raise XdtError(f"{ckpt.root}: holds checkpoints of an earlier run (newest: {found[0]}); continue it with "
-                       "output.resume=auto (--resume auto), or choose another output.dir")
+                       "output.resume=auto (--resume auto), choose another output.dir, or pass --overwrite to "
+                       "start over")
     return None
 
 

@@ -132,15 +132,42 @@ class Checkpointer:
             log.warning("%s: checkpoint %s is incomplete (no %s); not loading it", self.root, tag, MARKER)
         return None
 
+    def verify(self, tag: str) -> None:
+        """Every file of `tag` is whole (torch's zip files end with their directory, safetensors headers cover
+        their file), so a copy cut short is refused before a run resumes from it. No tensor is read."""
+        import zipfile
+
+        from safetensors import SafetensorError
+
+        folder = self.root / tag
+        for path in sorted(folder.glob("*.pt")):
+            try:
+                with zipfile.ZipFile(path):
+                    pass
+            except (zipfile.BadZipFile, OSError) as err:
+                raise XdtError(f"{path}: truncated or damaged checkpoint file ({err}); {_DAMAGED_ADVICE}") from None
+        for path in sorted(folder.glob("rng-rank*.safetensors")):
+            try:
+                with safe_open(str(path), "pt"):
+                    pass
+            except (SafetensorError, OSError) as err:
+                raise XdtError(f"{path}: truncated or damaged checkpoint file ({err}); {_DAMAGED_ADVICE}") from None
+
     def load(self, engine, tag: str, module_only: bool = False) -> None:
         """Weights (and, unless module_only, optimizer, schedule and RNG states) of `tag` into `engine`."""
         if not (self.root / tag / MARKER).exists():
             raise XdtError(f"{self.root / tag}: incomplete checkpoint (no {MARKER}); refusing to load it")
         rng = None if module_only else self._own_rng(tag)
-        with weights_only_loads():
-            path, client = engine.load_checkpoint(str(self.root), tag, load_module_only=module_only,
-                                                  load_optimizer_states=not module_only,
-                                                  load_lr_scheduler_states=not module_only)
+        try:
+            with weights_only_loads():
+                path, client = engine.load_checkpoint(str(self.root), tag, load_module_only=module_only,
+                                                      load_optimizer_states=not module_only,
+                                                      load_lr_scheduler_states=not module_only)
+        except XdtError as err:
+            raise XdtError(f"{err}; {_DAMAGED_ADVICE}") from None
+        except (OSError, ValueError, KeyError, RuntimeError) as err:  # e.g. another student shape
+            raise XdtError(f"{self.root / tag}: does not load into this run's model ({_first_line(err)}); "
+                           f"{_RESUME_ADVICE}") from None
         if path is None:
             raise XdtError(f"{self.root / tag}: DeepSpeed could not load this checkpoint")
         if rng is None and not module_only and client and "rng" in client:  # written before per-rank files
@@ -171,8 +198,11 @@ class Checkpointer:
 
         if not (self.root / tag / MARKER).exists():
             raise XdtError(f"{self.root / tag}: incomplete checkpoint (no {MARKER}); refusing to load it")
-        with weights_only_loads():
-            return get_fp32_state_dict_from_zero_checkpoint(str(self.root), tag)
+        try:
+            with weights_only_loads():
+                return get_fp32_state_dict_from_zero_checkpoint(str(self.root), tag)
+        except (OSError, ValueError, KeyError, RuntimeError) as err:  # files missing or cut short
+            raise XdtError(f"{self.root / tag}: cannot read this checkpoint ({_first_line(err)})") from None
 
     def _prune(self, keep: str) -> None:
         if self.keep_last <= 0:
@@ -181,6 +211,17 @@ class Checkpointer:
         for old in complete[:-self.keep_last]:
             if old.name != keep:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+_RESUME_ADVICE = "resume with the config that wrote it, or start over with --overwrite"
+_DAMAGED_ADVICE = "delete that checkpoint folder to resume from the one before, or start over with --overwrite"
+
+
+def _first_line(err: Exception) -> str:
+    """The gist of a library error in one line (torch's load errors run over many)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = next((line for line in lines if "size mismatch" in line), lines[0] if lines else type(err).__name__)
+    return detail[:300]
 
 
 def _step(marker: Path) -> int:

@@ -25,16 +25,44 @@ def resolve_path(path: str) -> Path:
     raise ConfigError(f"deepspeed.config: {path!r} does not exist")
 
 
+def read_ds_file(path: str | Path) -> dict:
+    """The JSON of a DeepSpeed config file, with the shape xdt relies on checked: an object, sections that are
+    objects, and a ZeRO stage that is an integer 0..3 (DeepSpeed itself would fail deep inside initialize)."""
+    path = resolve_path(str(path))
+    try:
+        ds = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"deepspeed.config: {path} is not valid JSON: {err}") from None
+    if not isinstance(ds, dict):
+        raise ConfigError(f"deepspeed.config: {path} holds a JSON {type(ds).__name__}; expected an object of "
+                          "DeepSpeed settings")
+    for key in ("zero_optimization", "bf16", "fp16", "optimizer", "scheduler"):
+        if key in ds and not isinstance(ds[key], dict):
+            raise ConfigError(f"deepspeed.config: {path}: {key} is a {type(ds[key]).__name__}; expected an object")
+    zero = ds.get("zero_optimization", {})
+    stage = zero.get("stage", 0)
+    if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
+        raise ConfigError(f"deepspeed.config: {path}: zero_optimization.stage is {stage!r}; expected the integer "
+                          "0, 1, 2 or 3")
+    for key in ("offload_optimizer", "offload_param"):
+        if key in zero and not isinstance(zero[key], dict):
+            raise ConfigError(f"deepspeed.config: {path}: zero_optimization.{key} is a {type(zero[key]).__name__}; "
+                              "expected an object")
+    if stage == 0 and ("offload_optimizer" in zero or "offload_param" in zero):
+        raise ConfigError(f"deepspeed.config: {path} offloads on ZeRO stage 0; offload needs stage 1-3 "
+                          "(parameters: stage 3)")
+    if "offload_param" in zero and stage != 3:
+        raise ConfigError(f"deepspeed.config: {path} offloads parameters on ZeRO stage {stage}; only stage 3 can")
+    return ds
+
+
 def build_ds_config(cfg: DeepSpeedConfig, micro_batch_size: int, world_size: int,
                     hidden_size: int | None = None) -> dict:
     """The config for `deepspeed.initialize`. `hidden_size` sizes ZeRO-3's buckets when the file leaves them out,
     as the HF integration's "auto" does (reduce bucket H^2, prefetch 0.9 H^2, persistence 10 H): DeepSpeed's own
     defaults (5e8 elements) allocate ~2 GB per rank whatever the model's size."""
     path = resolve_path(cfg.config)
-    try:
-        ds = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"deepspeed.config: {path} is not valid JSON: {err}") from None
+    ds = read_ds_file(path)
     accum = cfg.gradient_accumulation_steps
     if accum < 1:
         raise ConfigError(f"deepspeed.gradient_accumulation_steps: expected >= 1, got {accum}")
@@ -50,11 +78,6 @@ def build_ds_config(cfg: DeepSpeedConfig, micro_batch_size: int, world_size: int
         ds[name] = {**ds.get(name, {}), "enabled": cfg.precision == name}
     zero = ds.setdefault("zero_optimization", {})
     stage = zero.get("stage", 0)
-    if stage == 0 and ("offload_optimizer" in zero or "offload_param" in zero):
-        raise ConfigError(f"deepspeed.config: {path} offloads on ZeRO stage 0; offload needs stage 1-3 "
-                          "(parameters: stage 3)")
-    if "offload_param" in zero and stage != 3:
-        raise ConfigError(f"deepspeed.config: {path} offloads parameters on ZeRO stage {stage}; only stage 3 can")
     if stage == 3 and hidden_size:
         for key, value in (("reduce_bucket_size", hidden_size * hidden_size),
                            ("stage3_prefetch_bucket_size", int(0.9 * hidden_size * hidden_size)),

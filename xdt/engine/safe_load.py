@@ -20,6 +20,7 @@ import pickle
 import re
 import threading
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -83,6 +84,9 @@ def safe_torch_load(f, map_location=None, pickle_module=None, *, weights_only=No
             return torch.serialization.load(f, map_location=map_location, weights_only=True, **kwargs)
         except pickle.UnpicklingError as err:
             raise _refusal(getattr(f, "name", f), err) from None
+        except (RuntimeError, EOFError) as err:  # torch's zip reader on a file cut short, e.g. by a full disk
+            first = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
+            raise XdtError(f"{getattr(f, 'name', f)}: truncated or damaged checkpoint file ({first})") from None
 
 
 @contextmanager
@@ -95,3 +99,17 @@ def weights_only_loads():
             yield
         finally:
             torch.load = saved
+
+
+def check_safetensors(folder: str | Path) -> None:
+    """Every `*.safetensors` file of `folder` opens: its header reads and covers the whole file. A truncated or
+    empty weights file is one line naming it, found before any model is built from it."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise XdtError(f"{path}: not a complete safetensors file ({err}); it is truncated or damaged, write "
+                           "it again") from None

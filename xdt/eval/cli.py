@@ -30,7 +30,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, max_seq_length=args.max_seq_length, device=args.device, dtype=args.dtype,
         shard=parse_shard(args.shard) if args.shard else None, allow_missing=args.allow_missing,
         max_sentences=args.max_sentences, cache_dir=cache_dir, progress=not args.no_progress,
-        threads=args.threads,
+        threads=args.threads, overwrite=args.overwrite,
     )
     report = evaluate(opts)
     for line in summary_lines(report):
@@ -43,7 +43,7 @@ def _run_merge(args: argparse.Namespace) -> int:
     from xdt.eval.merge import merge_reports
     from xdt.eval.report import summary_lines
 
-    report = merge_reports(args.reports, args.out, allow_partial=args.allow_partial)
+    report = merge_reports(args.reports, args.out, allow_partial=args.allow_partial, overwrite=args.overwrite)
     for line in summary_lines(report):
         print(line)
     print(f"report: {Path(args.out) / 'report.json'}")
@@ -69,7 +69,9 @@ def add_eval_parser(subparsers) -> None:
     ev.add_argument("--split", help="train, dev or test (default: the suite's split, else test)")
     ev.add_argument("--format", choices=["xtreme", "raw", "xtremedistil", "hf"], help="default: detected")
     ev.add_argument("--scheme", choices=["IOB2", "IOE2", "IOBES"], help="strict-mode scheme (default: the suite's)")
-    ev.add_argument("--out", help="output folder")
+    ev.add_argument("--out", help="output folder (must not exist or be empty unless --overwrite)")
+    ev.add_argument("--overwrite", action="store_true",
+                    help="replace a non-empty --out (never one that is, holds or lies inside an input)")
     ev.add_argument("--tokenizer", help="tokenizer folder when the model folder has none")
     ev.add_argument("--teacher-tokenizer", help="tokenizer folder when the teacher folder has none")
     ev.add_argument("--batch-size", type=int, default=64, help="windows per batch (64)")
@@ -95,7 +97,10 @@ def add_eval_parser(subparsers) -> None:
         description="Join shard reports (and their predictions) into the report a single run gives: "
                     "per-language entries are kept, means, std and micro F1 are recomputed from their counts.")
     merge.add_argument("reports", nargs="+", metavar="OUT", help="--out folders (or report.json files) of the shards")
-    merge.add_argument("--out", required=True, help="folder of the merged report")
+    merge.add_argument("--out", required=True,
+                       help="folder of the merged report (must not exist or be empty unless --overwrite)")
+    merge.add_argument("--overwrite", action="store_true",
+                       help="replace a non-empty --out (never a shard folder, nor one holding or inside one)")
     merge.add_argument("--allow-partial", action="store_true", help="merge even when some shards are absent")
     merge.set_defaults(func=_run_merge)
 

@@ -12,17 +12,42 @@ from pathlib import Path
 
 from xdt.errors import XdtError
 from xdt.eval.report import finalize, write_all
+from xdt.outputs import check_out, staged_folder
 
 # Keys every shard must agree on (a merge of different models or data would be meaningless).
 _SAME = ("requested", "suite", "split", "model", "data", "settings", "reference")
 _DERIVED = {"mean_over_scored"}  # recomputed by finalize from the languages a report holds
+# A model is the hash of its weight files and its tokenizer's fingerprint, not where it was read from: one path
+# may hold two models (retrained in place), one model two paths (relative and absolute).
+_WHERE = {"path", "tokenizer"}
 
 
-def _identity(report: dict, key: str):
+def _model_identity(model: dict | None, where: Path) -> dict | None:
+    if model is None:
+        return None
+    if "weights_sha256" not in model:
+        raise XdtError(f"{where}: the report names its model by path only (no weights_sha256, an older xdt); "
+                       "re-run this shard to merge it")
+    return {k: v for k, v in model.items() if k not in _WHERE}
+
+
+def _identity(report: dict, key: str, where: Path):
     value = report[key]
+    if key == "model":
+        return _model_identity(value, where)
     if isinstance(value, dict):
         return {k: v for k, v in value.items() if k not in _DERIVED}
     return value
+
+
+def _teacher_identity(report: dict, where: Path) -> dict | None:
+    teacher = report.get("teacher")
+    if teacher is None:
+        return None
+    out = {k: v for k, v in teacher.items() if k not in ("languages", "model")}
+    if teacher.get("source") == "evaluated":
+        out["model"] = _model_identity(teacher.get("model"), where / "report.json (teacher)")
+    return out
 
 
 def _load(folder: Path) -> dict:
@@ -61,21 +86,31 @@ def _merge_timing(timings: list[dict]) -> dict:
     return out
 
 
-def merge_reports(folders: list[str | Path], out: str | Path, allow_partial: bool = False) -> dict:
+def merge_reports(folders: list[str | Path], out: str | Path, allow_partial: bool = False,
+                  overwrite: bool = False) -> dict:
     if not folders:
         raise XdtError("xdt eval merge: expected the output folders of the shard runs")
     folders = [Path(f).parent if Path(f).is_file() else Path(f) for f in folders]  # report.json -> its folder
+    check_out(out, overwrite, folders)  # `--out <a shard>` would replace the shard being merged
     reports = [_load(f) for f in folders]
     first = reports[0]
+    for key in _SAME:
+        _identity(first, key, folders[0])
+    _teacher_identity(first, folders[0])
     for folder, report in zip(folders[1:], reports[1:]):
         for key in _SAME:
-            if _identity(report, key) != _identity(first, key):
-                difference = _describe_difference(key, _identity(first, key), _identity(report, key))
+            mine, theirs = _identity(report, key, folder), _identity(first, key, folders[0])
+            if mine != theirs:
+                difference = _describe_difference(key, theirs, mine)
                 raise XdtError(f"{folder}: differs from {folders[0]} in {difference}; "
                                "only shards of one evaluation can be merged")
         if ("teacher" in report) != ("teacher" in first):
             raise XdtError(f"{folder}: has {'a' if 'teacher' in report else 'no'} teacher column, {folders[0]} "
                            f"{'has' if 'teacher' in first else 'has not'}; only shards of one evaluation merge")
+        mine, theirs = _teacher_identity(report, folder), _teacher_identity(first, folders[0])
+        if mine != theirs:
+            raise XdtError(f"{folder}: differs from {folders[0]} in "
+                           f"{_describe_difference('teacher', theirs, mine)}; only shards of one evaluation merge")
 
     shards = [r.get("shard") for r in reports]
     counts = {s["count"] for s in shards if s}
@@ -100,7 +135,7 @@ def merge_reports(folders: list[str | Path], out: str | Path, allow_partial: boo
     teacher = {k: v for k, v in first["teacher"].items() if k != "languages"} if "teacher" in first else None
     if teacher is not None:
         teacher["languages"] = {}
-    out = Path(out)
+    copies: list[tuple[Path, str]] = []  # (shard's predictions file, its path under OUT)
     for folder, report in zip(folders, reports):
         for lang, entry in report["languages"].items():
             if lang in merged["languages"]:
@@ -112,9 +147,7 @@ def merge_reports(folders: list[str | Path], out: str | Path, allow_partial: boo
                     continue
                 if not source.is_file():
                     raise XdtError(f"{source}: predictions file of {lang} not found; the shard folder is incomplete")
-                (out / sub).mkdir(parents=True, exist_ok=True)
-                if source.resolve() != (out / sub / source.name).resolve():
-                    shutil.copyfile(source, out / sub / source.name)
+                copies.append((source, f"{sub}/{source.name}"))
         merged["missing"] += report["missing"]
         if teacher is not None:
             teacher["languages"].update(report["teacher"]["languages"])
@@ -123,5 +156,9 @@ def merge_reports(folders: list[str | Path], out: str | Path, allow_partial: boo
     finalize(merged)
     merged["timing"] = _merge_timing([r["timing"] for r in reports])
     merged["timing"]["shards"] = len(reports)
-    write_all(merged, out)
+    with staged_folder(out, overwrite, folders) as tmp:
+        for source, name in copies:
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, tmp / name)
+        write_all(merged, tmp)
     return merged

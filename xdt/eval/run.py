@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from xdt.data.align import Aligner
 from xdt.data.cache import align_cached
+from xdt.engine.safe_load import check_safetensors
 from xdt.errors import XdtError
 from xdt.eval.data import EvalData, load_eval_data
 from xdt.eval.model import LoadedModel, check_labels, load_model
@@ -20,6 +21,7 @@ from xdt.eval.predict import predict_label_ids, to_label_names
 from xdt.eval.report import finalize, language_entry, write_all, write_predictions
 from xdt.eval.scoring import score
 from xdt.eval.suites import SCHEMES, Suite, default_reference, load_reference, load_suite
+from xdt.outputs import check_out, staged_folder
 
 REFERENCE_NAME = "XtremeDistil (ACL 2020) Table 17"
 
@@ -48,6 +50,7 @@ class EvalOptions:
     cache_dir: str | None = None  # aligned-feature cache; None: no cache
     progress: bool = True
     threads: int | None = None  # torch intra-op threads for CPU inference; None: torch's default
+    overwrite: bool = False  # replace a non-empty `out` (never one that is, holds or lies in an input)
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
@@ -173,11 +176,15 @@ def _compare_teacher(path: str, langs: list[str]) -> dict:
             "languages": {k: v for k, v in other["languages"].items() if k in langs}}
 
 
+def _inputs(opts: EvalOptions) -> list[str | None]:
+    return [opts.model, opts.teacher, opts.tokenizer, opts.teacher_tokenizer, opts.compare, *opts.data]
+
+
 def evaluate(opts: EvalOptions) -> dict:
     t_start = time.perf_counter()
     _check_options(opts)
+    check_out(opts.out, opts.overwrite, _inputs(opts))
     suite = resolve_suite(opts)
-    out = Path(opts.out)
     requested = list(suite.languages)
     share = shard_languages(requested, opts.shard) if requested else None
     if requested and not share:
@@ -196,8 +203,18 @@ def evaluate(opts: EvalOptions) -> dict:
         raise XdtError(f"no {data.split} data for any requested language under {', '.join(data.paths)}")
     t_read = time.perf_counter()
 
+    for folder in (opts.model, opts.teacher):
+        if folder:
+            check_safetensors(folder)  # a truncated weights file is found before anything is written
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
+    # the whole report (predictions included) appears at once: a failure leaves no mix of two evaluations
+    with staged_folder(opts.out, opts.overwrite, _inputs(opts)) as out:
+        return _evaluate(opts, suite, data, requested, out, t_start, t_read)
+
+
+def _evaluate(opts: EvalOptions, suite: Suite, data: EvalData, requested: list[str], out: Path, t_start: float,
+              t_read: float) -> dict:
     student = load_model(opts.model, opts.tokenizer, opts.device, opts.dtype)
     t_load = time.perf_counter()
     languages, timing = evaluate_model(student, data, opts, suite.scheme, out / "predictions", "model")

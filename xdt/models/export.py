@@ -7,8 +7,6 @@ comparing logits on a probe batch with the source model's.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -50,7 +48,11 @@ def consolidate(root: Path, tag: str):
     prefix = "student." if root.name != "teacher" else ""
     weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     model = getattr(transformers, TASK_CLASSES[_task(config)]).from_config(config)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as err:  # shapes that differ from the saved config
+        raise XdtError(f"{root / tag}: checkpoint does not fit {model_dir}/config.json "
+                       f"({' '.join(str(err).split())[:300]})") from None
     missing = [k for k in missing if k not in getattr(model, "_tied_weights_keys", None) or []]
     if missing or unexpected:
         raise XdtError(f"{root / tag}: checkpoint does not fit {model_dir}/config.json "
@@ -70,6 +72,21 @@ def find_model_folder(checkpoint: str | Path) -> Path:
                    "student_best/ or hf/ subfolder)")
 
 
+def export_source(checkpoint: str | Path) -> tuple[Path, tuple[Path, str] | None]:
+    """What `xdt export CHECKPOINT` exports: (model folder, None) or (checkpoint tag folder, (root, tag)).
+
+    A run folder gives its best dev model, `student_best/` (the model `xdt run` exports and scores), not the
+    newest DeepSpeed checkpoint, which holds the weights of the last step whatever their dev score. Only a run
+    without `student_best/` falls back to its newest checkpoint; a checkpoint root or tag folder named explicitly
+    gives exactly that checkpoint."""
+    path = Path(checkpoint)
+    if not (path / "config.json").exists() and not (path / "student_best" / "config.json").is_file():
+        tagged = checkpoint_tag(path)
+        if tagged is not None:
+            return tagged[0] / tagged[1], tagged
+    return find_model_folder(path), None
+
+
 def _task(config) -> str:
     archs = " ".join(config.architectures or [])
     return "sequence" if "SequenceClassification" in archs else "token"
@@ -80,15 +97,17 @@ def export_model(checkpoint: str | Path, out: str | Path, tokenizer_dir: str | P
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise XdtError(f"{out}: exists and is not empty; choose another --out or pass --overwrite")
-    tagged = checkpoint_tag(checkpoint) if not (Path(checkpoint) / "config.json").exists() else None
+    from xdt.engine.safe_load import check_safetensors
+    from xdt.outputs import check_out, staged_folder
+
+    inputs = [checkpoint, tokenizer_dir]  # `xdt export RUN --out RUN --overwrite` would delete the run
+    out = check_out(out, overwrite, inputs)
+    src, tagged = export_source(checkpoint)
     if tagged is not None:  # a DeepSpeed checkpoint (ZeRO-3 included): consolidated through zero_to_fp32
         model, src = consolidate(*tagged)
         config = model.config
     else:
-        src = find_model_folder(checkpoint)
+        check_safetensors(src)
         config = AutoConfig.from_pretrained(str(src))
     generic = all(str(v).startswith("LABEL_") for v in (config.id2label or {}).values())
     if not config.id2label or generic:
@@ -103,17 +122,10 @@ def export_model(checkpoint: str | Path, out: str | Path, tokenizer_dir: str | P
     except (OSError, ValueError) as err:
         raise XdtError(f"{tok_src}: no tokenizer to export with the model ({err}); pass --tokenizer DIR") from err
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
-    try:
+    with staged_folder(out, overwrite, inputs) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         _check_reload(model, tokenizer, tmp, auto)
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(tmp), str(out))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -65,21 +65,19 @@ def _eval(args: argparse.Namespace) -> int:
                     max_sentences=args.max_sentences, allow_missing=args.allow_missing, device=args.device)
     jobs = build_eval_jobs(spec, _resources(args))
     write_script(jobs.array_script, jobs.array_text)
+    write_script(jobs.merge_script, jobs.merge_text)
     if args.dry_run:
-        merge = jobs.merge_text("$ARRAY_JOB_ID")
-        write_script(jobs.merge_script, merge)
-        print(f"# ---- {jobs.array_script}\n{jobs.array_text}# ---- {jobs.merge_script}\n{merge}", end="")
-        print(f"# submit with: ARRAY_JOB_ID=$(sbatch --parsable {jobs.array_script}); then render the merge "
-              "script with that id (xdt slurm eval does both)", file=sys.stderr)
+        print(f"# ---- {jobs.array_script}\n{jobs.array_text}# ---- {jobs.merge_script}\n{jobs.merge_text}", end="")
+        print(f"# submit with: ARRAY_JOB_ID=$(sbatch --parsable {jobs.array_script}) && sbatch "
+              f"{' '.join(jobs.merge_options('$ARRAY_JOB_ID'))} {jobs.merge_script}", file=sys.stderr)
         return 0
     array_id = sbatch(jobs.array_script)
-    write_script(jobs.merge_script, jobs.merge_text(array_id))
-    merge_id = sbatch(jobs.merge_script)
+    merge_id = sbatch(jobs.merge_script, jobs.merge_options(array_id))
     record(jobs.out / "slurm", job_id=array_id, kind="eval-array", script=jobs.array_script, shards=args.shards)
     record(jobs.out / "slurm", job_id=merge_id, kind="eval-merge", script=jobs.merge_script, after=array_id)
     print(f"array {array_id}")
     print(f"merge {merge_id}")
-    print(f"report when done: {jobs.out / 'report.json'}", file=sys.stderr)
+    print(f"report when done: {jobs.out / 'report' / 'report.json'}", file=sys.stderr)
     return 0
 
 
@@ -96,7 +94,8 @@ def _add_resource_args(p: argparse.ArgumentParser, training: bool) -> None:
                                                           "else --cpus-per-task)")
         g.add_argument("--signal-seconds", type=int, default=300,
                        help="USR1 this many seconds before the time limit: save and requeue (300)")
-        g.add_argument("--port", type=int, help="rendezvous port (default 20000 + job id %% 20000)")
+        g.add_argument("--port", type=int,
+                       help="rendezvous port (default 10000 + job id %% 20000, below the ephemeral ports)")
     g.add_argument("--partition", help="partition (default: the cluster's)")
     g.add_argument("--account", help="account to charge")
     g.add_argument("--time", help="time limit, e.g. 04:00:00 or 2-00:00:00 (default: the partition's)")
@@ -155,7 +154,8 @@ def add_slurm_parser(subparsers) -> None:
     ev.add_argument("--allow-missing", action="store_true", help="list languages without data instead of failing")
     ev.add_argument("--device", help="auto, cpu, cuda (xdt eval's default: auto)")
     ev.add_argument("--shards", type=int, required=True, help="array tasks; each takes every N-th language")
-    ev.add_argument("--out", required=True, help="folder of the merged report (shards go to OUT/shards/<i>)")
+    ev.add_argument("--out", required=True, help="the job's folder: merged report in OUT/report, shards in OUT/shards/<i>, scripts "
+                                           "and logs in OUT/slurm")
     _add_resource_args(ev, training=False)
     ev.set_defaults(func=_eval)
 

@@ -80,13 +80,14 @@ class EvalJobs:
     array_script: Path
     array_text: str
     merge_script: Path
+    merge_text: str
     job_name: str
-    _values: dict
 
-    def merge_text(self, array_job_id: str) -> str:
-        """The merge script, once the array's job id is known (the dry run shows `$ARRAY_JOB_ID`)."""
-        return render("eval-merge.sbatch", {**self._values, "array_job_id": array_job_id,
-                                            "job_name": f"{self.job_name}-merge"})
+    @staticmethod
+    def merge_options(array_job_id: str) -> list[str]:
+        """sbatch options of the merge job: after every array task succeeded, cancelled when one failed. On the
+        command line, since the array's id is known only once it is submitted."""
+        return [f"--dependency=afterok:{array_job_id}", "--kill-on-invalid-dep=yes"]
 
 
 def build_eval_jobs(spec: EvalSpec, res: Resources) -> EvalJobs:
@@ -96,6 +97,9 @@ def build_eval_jobs(spec: EvalSpec, res: Resources) -> EvalJobs:
                        "spread the work with --shards")
     spec.check()
     out = Path(safe_path(spec.out, "--out"))
+    for sub in ("shards", "report"):  # the merge writes OUT/report, never over the shards it reads
+        if (out / sub).is_dir() and any((out / sub).iterdir()):
+            raise XdtError(f"--out {out}: {sub}/ holds an earlier evaluation; choose another --out")
     job_name = res.job_name or f"xdt-eval-{out.name}"
     python = res.python or sys.executable
     log_dir = out / "slurm" / "logs"
@@ -113,5 +117,6 @@ def build_eval_jobs(spec: EvalSpec, res: Resources) -> EvalJobs:
         "shard_dirs": join_lines(shard_dirs, indent="    "),
     }
     array = render("eval-array.sbatch", values)
-    return EvalJobs(out, out / "slurm" / f"{job_name}-array.sbatch", array,
-                    out / "slurm" / f"{job_name}-merge.sbatch", job_name, values)
+    merge_script = out / "slurm" / f"{job_name}-merge.sbatch"
+    merge = render("eval-merge.sbatch", {**values, "job_name": f"{job_name}-merge", "script": merge_script})
+    return EvalJobs(out, out / "slurm" / f"{job_name}-array.sbatch", array, merge_script, merge, job_name)

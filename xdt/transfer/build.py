@@ -38,6 +38,7 @@ from xdt import __version__
 from xdt.config import to_dict
 from xdt.data.readers import ReadReport
 from xdt.errors import DataError, XdtError
+from xdt.outputs import check_out, staged_folder
 from xdt.transfer.codeswitch import Change, CodeSwitcher, Item
 from xdt.transfer.config import SourceConfig, TransferConfig, resolve_path, source_name
 from xdt.transfer.dedup import Deduplicator, is_set
@@ -383,18 +384,24 @@ def second_pass(cfg: TransferConfig, scan: Scan, plan: Plan, writer: ChunkWriter
 # --------------------------------------------------------------------------------------------- the build
 
 
-def _prepare_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise XdtError(f"{out}: --out must be a folder (it gets transfer.jsonl, manifest.json, labeled.jsonl)")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_FILE).exists():
-        raise XdtError(f"{out}: folder exists and is not a transfer set (no {MANIFEST_FILE}); choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+def _inputs(cfg: TransferConfig) -> list[str | None]:
+    """What the build reads: an --out that is, holds or lies inside one of them is never replaced."""
+    res = cfg.resources
+    return [src.path for src in cfg.sources] + [res.dictionaries, res.mlm, *res.dictionary_files.values()]
 
 
-def build_transfer(cfg: TransferConfig, out: str | Path, progress: bool = False) -> BuildResult:
-    """Build the transfer set of `cfg` into folder `out` (replacing a transfer set already there)."""
-    out = Path(out)
-    _prepare_out(out)
+def build_transfer(cfg: TransferConfig, out: str | Path, progress: bool = False,
+                   overwrite: bool = False) -> BuildResult:
+    """Build the transfer set of `cfg` into folder `out`: written in a hidden sibling, renamed into place when
+    complete. A non-empty `out` is replaced only with `overwrite`."""
+    out = check_out(out, overwrite, _inputs(cfg))
+    with staged_folder(out, overwrite, _inputs(cfg)) as tmp:
+        result = _build(cfg, tmp, progress)
+    labeled = out / LABELED_FILE if result.labeled is not None else None
+    return BuildResult(out, out / TRANSFER_FILE, labeled, result.manifest)
+
+
+def _build(cfg: TransferConfig, out: Path, progress: bool) -> BuildResult:
     scratch_root = Path(cfg.output.tmp_dir) if cfg.output.tmp_dir else out
     scratch = scratch_root / f".xdt-transfer-{os.getpid()}"
     writers: list[ShuffledWriter] = []
@@ -426,9 +433,7 @@ def build_transfer(cfg: TransferConfig, out: str | Path, progress: bool = False)
             raise XdtError("the transfer set would be empty: every sentence was sampled out "
                            "(sampling.caps 0?) or no augmentation could change any")
         labeled_path = out / LABELED_FILE if labeled is not None and chunk_writer.labeled_tally.lines else None
-        if labeled is not None and labeled_path is None:
-            (out / LABELED_FILE).unlink(missing_ok=True)
-        elif labeled is None:
+        if labeled_path is None:
             (out / LABELED_FILE).unlink(missing_ok=True)
         manifest = _manifest(cfg, scan, plan, augmenters, chunk_writer, selected, transfer_sha,
                              labeled_sha if labeled_path else None)
@@ -503,10 +508,13 @@ def read_transfer(path: str | Path) -> Iterator[dict]:
     file = path / TRANSFER_FILE if path.is_dir() else path
     if not file.is_file():
         raise DataError(file, "transfer set file not found (xdt transfer build writes DIR/transfer.jsonl)")
-    with open(file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(file, "rb") as f:  # bytes: a binary file is one line naming where, not a UnicodeDecodeError
+        for lineno, raw in enumerate(f, 1):
             try:
-                record = json.loads(line)
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                raise DataError(file, f"not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                                "expected the JSON lines of `xdt transfer build`", lineno) from None
             except json.JSONDecodeError as err:
                 raise DataError(file, f"not a JSON object: {err}", lineno) from None
             if not isinstance(record, dict) or not isinstance(record.get("words"), list) or "lang" not in record:

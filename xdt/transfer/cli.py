@@ -30,7 +30,7 @@ def _build(args: argparse.Namespace) -> int:
     from xdt.transfer.config import load_transfer_config
 
     cfg = load_transfer_config(args.config, list(args.overrides) + list(getattr(args, "late_overrides", [])))
-    result = build_transfer(cfg, args.out, progress=not args.quiet and sys.stderr.isatty())
+    result = build_transfer(cfg, args.out, progress=not args.quiet and sys.stderr.isatty(), overwrite=args.overwrite)
     m = result.manifest
     counts = m["counts"]
     summary = {"out": str(result.out), "lines": counts["lines"], "sampled": m["sampling"]["sampled"],
@@ -76,6 +76,8 @@ def add_transfer_parser(subparsers) -> None:
                             "overrides")
     build.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="dotted overrides, e.g. sampling.size=100000 augment.codeswitch.rate=0.5 seed=1")
+    build.add_argument("--overwrite", action="store_true",
+                       help="replace a non-empty --out (never one that is, holds or lies inside a source)")
     build.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     build.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     build.set_defaults(func=_build)
