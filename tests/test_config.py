@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import ROOT
 from xdt.config import STUDENT_PRESETS, RunConfig, load_config, to_dict
@@ -19,17 +20,40 @@ def test_there_are_shipped_configs():
     assert {"quickstart.yaml", "wikiann41-l6-h256.yaml", "wikiann41-l6-h384.yaml", "wikiann41-l12-h384.yaml"} <= names
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_shipped_config_parses(path: Path):
-    if path.parent.name == "transfer":  # transfer-set builds have their own schema
-        from xdt.transfer.config import TransferConfig, load_transfer_config
+def _leaves(node, key=""):
+    """(dotted key, value) of every scalar or scalar list in a YAML tree; list items by index (stages.0.lr)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _leaves(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list) and any(isinstance(v, (dict, list)) for v in node):
+        for i, v in enumerate(node):
+            yield from _leaves(v, f"{key}.{i}")
+    else:
+        yield key, node
 
-        assert isinstance(load_transfer_config(path, check=False), TransferConfig)
-        return
-    cfg = load_config(path, check=False)  # paper-scale configs name data folders a user provides
-    assert isinstance(cfg, RunConfig)
-    # the YAML says nothing the dataclass would not round-trip
-    assert load_config(None, [f"seed={cfg.seed}"], check=False).seed == cfg.seed
+
+def _at(tree, key: str):
+    for part in key.split("."):
+        tree = tree[int(part)] if isinstance(tree, list) else tree[part]
+    return tree
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shipped_config_parses_keeps_each_value_and_round_trips(path: Path, tmp_path):
+    if path.parent.name == "transfer":  # transfer-set builds have their own schema
+        from xdt.transfer.config import TransferConfig as kind, load_transfer_config as load
+    else:
+        kind, load = RunConfig, load_config
+    cfg = load(path, check=False)  # paper-scale configs name data folders a user provides
+    assert isinstance(cfg, kind)
+    # every value the file sets is the config's value: none dropped, renamed or coerced to something else
+    tree = to_dict(cfg)
+    for key, value in _leaves(yaml.safe_load(path.read_text())):
+        assert _at(tree, key) == value, f"{path.name}: {key} is {value!r} in the file, {_at(tree, key)!r} loaded"
+    # and the config written back as YAML loads to the same config
+    again = tmp_path / path.name
+    again.write_text(yaml.safe_dump(tree))
+    assert load(again, check=False) == cfg
 
 
 def test_quickstart_passes_every_check():

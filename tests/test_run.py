@@ -53,15 +53,19 @@ def test_real_data_d42_student_exports_and_pipeline_agrees_with_xdt_eval(tmp_pat
         f"data.path={need(SHARED_DATA / 'wikiann' / 'xtreme')}", f"data.langs=[{','.join(langs)}]",
         "data.limit=400", "data.max_seq_length=64", f"tokenizer.path={need(MBERT)}", f"data.cache_dir={tmp_path}",
         "teacher.num_layers=2", "teacher.hidden_size=64", "teacher.num_heads=2", "teacher.intermediate_size=128",
-        "teacher.epochs=3", "teacher.lr=1e-3", "student.num_layers=1", "student.hidden_size=32",
+        "teacher.epochs=3", "teacher.lr=5e-3", "student.num_layers=1", "student.hidden_size=32",
         "student.num_heads=2", "student.intermediate_size=64", "student.embedding_size=16",
-        "distill.strategy=D4.2", "distill.steps=15", "distill.lr=2e-3", f"output.dir={tmp_path / 'run'}",
-        "output.tensorboard=false",
+        "distill.strategy=D4.2", "distill.steps=15", "distill.lr=5e-3", "distill.schedule=constant",
+        f"output.dir={tmp_path / 'run'}", "output.tensorboard=false",
     ])
     summary = run(cfg)
     report = json.loads((tmp_path / "run" / "eval" / "report.json").read_text())
     assert list(report["languages"]) == langs and report["missing"] == []
-    assert summary["teacher"]["best_dev_f1"] > 0
+    # both models learn WikiAnn at this size: measured teacher test F1 31.4 (dev 32.1), student 26.0; at the rates
+    # this test had before (teacher 1e-3, student 2e-3 decaying) 12.9 and 13.6, and a run that learns nothing 0
+    teacher, student = report["teacher"]["mean_f1"], report["mean_f1"]
+    assert summary["teacher"]["best_dev_f1"] > 20 and teacher > 20, f"teacher test F1 {teacher:.2f}"
+    assert student > 15 and student > 0.5 * teacher, f"student test F1 {student:.2f} (teacher {teacher:.2f})"
 
     student = tmp_path / "run" / "student"
     tagger = pipeline("token-classification", model=str(student), tokenizer=str(student), ignore_labels=[],

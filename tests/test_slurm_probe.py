@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     dist.init_process_group("gloo")
     rank, restart = dist.get_rank(), int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-    stop = Preemption(Path(cfg.output.dir) / cfg.output.stop_file if hasattr(cfg.output, "stop_file") else None)
+    stop = Preemption(Path(cfg.output.dir) / cfg.output.stop_file)
     stop.install()
     (out / f"ready-{restart}-{rank}").write_text(json.dumps({"pid": os.getpid(),
                                                              "master_addr": os.environ.get("MASTER_ADDR")}))
