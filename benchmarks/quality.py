@@ -78,16 +78,15 @@ B_LANGS = ["en", "de", "es", "fi", "ru", "bg", "ar", "hi"]  # Latin, Cyrillic, A
 LABELS = 7  # O, B/I-PER, B/I-ORG, B/I-LOC
 MIN_COMPRESSION = 5.0
 
-# CPU defaults, sized on the 2-core development machine: both tracks with one thread per process, --steps 150,
-# track B's teacher on 1000 sentences per language for 2 epochs and its whole test split took 53.5 min
-# (benchmarks/results/quality-cpu.md). That teacher came out weaker than the D0-S student, so track B's teacher now
-# trains on 2000 sentences per language (+252 steps, ~+4.5 min at the measured 1.04 s/step; dev F1 49.8 after 2
-# epochs in a sizing run, against 32.3) and track B is scored on the first 2000 test sentences per language (its
-# four evaluations took 144 + 3 x ~93 s on all 71,000; ~-5 min). --full (GPU): all the data, epochs instead of step
-# budgets, torch's threads. An explicit flag wins over both.
+# CPU defaults, sized on the 2-core development machine (one thread per process): the first measured run (--steps
+# 150, track B's teacher on 1000 sentences per language for 2 epochs, every test sentence) took 53.5 min, and its
+# track B teacher came out weaker than the D0-S student. Track B's teacher now trains on 2000 sentences per language
+# (dev F1 49.8 after 2 epochs in a sizing run, against 32.3; ~+4.5 min) and track B is scored on the first 2000
+# test sentences per language (~-5 min). --full (GPU): all the data, epochs instead of step budgets, torch's
+# threads. An explicit flag wins over both.
 CPU_DEFAULTS = {"a_train": 4000, "a_dev": 500, "teacher_epochs": 3.0, "steps": 150, "b_steps": 100, "epochs": 2.0,
-                "b_teacher_train": 1000, "b_teacher_epochs": 2.0, "b_dev": 300, "b_transfer": 2000,
-                "test_limit": 0, "b_test_limit": 0, "threads": 1}
+                "b_teacher_train": 2000, "b_teacher_epochs": 2.0, "b_dev": 300, "b_transfer": 2000,
+                "test_limit": 0, "b_test_limit": 2000, "threads": 1}
 FULL_DEFAULTS = {"a_train": 0, "a_dev": 0, "teacher_epochs": 3.0, "steps": 0, "b_steps": 0, "epochs": 2.0,
                  "b_teacher_train": 0, "b_teacher_epochs": 3.0, "b_dev": 0, "b_transfer": 0, "test_limit": 0,
                  "b_test_limit": 0, "threads": 0}
@@ -133,13 +132,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "default; default 1 on the CPU, steady on a shared 2-core machine; --full: 0)")
     p.add_argument("--latency-sentences", type=int, default=50, help="en test sentences timed at batch 1 (50)")
     p.add_argument("--latency-rounds", type=int, default=3, help="timed passes over them after a warm-up (3)")
-    # student shape (both tracks)
+    # track B's student (random encoder, SVD word embeddings: its teacher is trained from scratch)
     p.add_argument("--student-layers", type=int, default=4)
     p.add_argument("--student-hidden", type=int, default=192)
     p.add_argument("--student-heads", type=int, default=4)
     p.add_argument("--student-intermediate", type=int, default=768)
     p.add_argument("--student-embedding", type=int, default=64,
                    help="student.embedding_size E < H: factorized word embeddings (0: E = H)")
+    # track A's student: cut from the pretrained teacher (student.embedding_init teacher), the stand-in for the
+    # released code's pretrained student checkpoints; 2 of MiniLM's 6 layers with half the feed-forward units
+    # and 64-wide word embeddings: 4.38M parameters, 5.15x fewer than the fine-tuned teacher
+    p.add_argument("--a-student-init", choices=["teacher", "svd"], default="teacher",
+                   help="track A: student.embedding_init (teacher: cut from the teacher; svd: random encoder)")
+    p.add_argument("--a-student-layers", type=int, default=2)
+    p.add_argument("--a-student-hidden", type=int, default=384, help="track A (teacher init: the teacher's)")
+    p.add_argument("--a-student-heads", type=int, default=12, help="track A (teacher init: the teacher's)")
+    p.add_argument("--a-student-intermediate", type=int, default=768)
+    p.add_argument("--a-student-embedding", type=int, default=64)
     # track A
     p.add_argument("--teacher-model", type=Path, default=None,
                    help="track A: an HF folder to fine-tune (default: all-MiniLM-L6-v2 of the `bench` extra)")
@@ -192,9 +201,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--b-budget: expected a positive number, got {args.b_budget}")
     if args.student_embedding >= args.student_hidden:
         args.student_embedding = 0
-    args.b_d0_steps = args.d0_steps if args.d0_steps is not None else args.b_steps * label_phases(args)
+    if args.a_student_embedding >= args.a_student_hidden:
+        args.a_student_embedding = 0
+    args.b_d0_steps = args.d0_steps if args.d0_steps is not None else args.b_steps * label_phases(args, "b")
     if args.d0_steps is None:
-        args.d0_steps = args.steps * label_phases(args)
+        args.d0_steps = args.steps * label_phases(args, "a")
     args.work = args.work.resolve()
     args.results = args.results.resolve()
     args.data = args.data.resolve()
@@ -205,17 +216,24 @@ def _split(text: str, flag: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def label_phases(args) -> int:
+def student_shape(args, track: str) -> dict:
+    """Track `track`'s student shape: layers, hidden, heads, intermediate, embedding (0: E = H)."""
+    prefix = "a_student_" if track == "a" else "student_"
+    return {k: getattr(args, prefix + k) for k in ("layers", "hidden", "heads", "intermediate", "embedding")}
+
+
+def label_phases(args, track: str) -> int:
     """Unfreeze steps of a gradually unfrozen stage without the projector: head, each layer, the embedding
     projection (factorized students), the embeddings (xdt/distill/unfreeze.py)."""
-    return 1 + args.student_layers + (1 if args.student_embedding else 0) + 1
+    shape = student_shape(args, track)
+    return 1 + shape["layers"] + (1 if shape["embedding"] else 0) + 1
 
 
-def optimizer_steps(preset: str, args, steps: int) -> int | None:
+def optimizer_steps(preset: str, args, steps: int, track: str = "a") -> int | None:
     """Optimizer steps of a preset's run at `steps` per stage / unfreeze step (None: epoch budgets)."""
     if not steps:
         return None
-    g = label_phases(args)
+    g = label_phases(args, track)
     return steps * {"D0-S": 1, "D1": 1, "D2": 1, "D3.1": 2, "D3.2": 1 + g, "D4.1": 3, "D4.2": 1 + 2 * g}[preset]
 
 
@@ -237,13 +255,21 @@ def teacher_package_folder() -> Path:
     return folder
 
 
-def student_section(args) -> dict:
-    section = {"num_layers": args.student_layers, "hidden_size": args.student_hidden,
-               "num_heads": args.student_heads, "intermediate_size": args.student_intermediate,
-               "embedding_init": "svd"}
-    if args.student_embedding:
-        section["embedding_size"] = args.student_embedding
+def student_section(args, track: str) -> dict:
+    shape = student_shape(args, track)
+    section = {"num_layers": shape["layers"], "hidden_size": shape["hidden"], "num_heads": shape["heads"],
+               "intermediate_size": shape["intermediate"],
+               "embedding_init": args.a_student_init if track == "a" else "svd"}
+    if shape["embedding"]:
+        section["embedding_size"] = shape["embedding"]
     return section
+
+
+def copy_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
+    """Student layer k (1-based) starts as, and learns from, teacher state k * L_t // L_s (every (L_t/L_s)-th
+    layer, the last one included); the student's embedding output is left free (-1): its 64-wide embeddings
+    cannot hold the teacher's 384-wide ones."""
+    return [-1] + [k * teacher_layers // student_layers for k in range(1, student_layers + 1)]
 
 
 def distill_section(args) -> dict:
@@ -270,7 +296,12 @@ def track_a_teacher_config(args, teacher_model: Path) -> dict:
     }
 
 
-def track_a_students_config(args, teacher: Path) -> dict:
+def teacher_layer_count(model: Path) -> int:
+    config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+    return int(config["num_hidden_layers"])
+
+
+def track_a_students_config(args, teacher: Path, pretrained: Path) -> dict:
     """`xdt teacher cache` and `xdt distill`: the fine-tuned folder (written by the teacher step) is teacher.model
     and tokenizer.path; the transfer set is the whole en training text without its tags."""
     return {
@@ -279,8 +310,9 @@ def track_a_students_config(args, teacher: Path) -> dict:
                  "max_seq_length": args.max_seq_length, "limit": args.a_train, "dev_limit": args.a_dev},
         "tokenizer": {"path": str(teacher)},
         "teacher": {"model": str(teacher)},
-        "student": student_section(args),
-        "distill": distill_section(args),
+        "student": student_section(args, "a"),
+        "distill": {**distill_section(args), **({"layer_map": copy_layer_map(
+            args.a_student_layers, teacher_layer_count(pretrained))} if args.a_student_init == "teacher" else {})},
         **common_sections(args, "a"),
     }
 
@@ -307,7 +339,7 @@ def track_b_students_config(args, teacher: Path) -> dict:
                  "max_seq_length": args.max_seq_length, "limit": args.b_budget, "dev_limit": args.b_dev},
         "tokenizer": {"path": str(MBERT_VOCAB)},
         "teacher": {"model": str(teacher)},
-        "student": student_section(args),
+        "student": student_section(args, "b"),
         "distill": distill_section(args),
         **common_sections(args, "b"),
     }
@@ -403,7 +435,7 @@ def plan_track_a(args, teacher_model: Path) -> Plan:
         ]
         paths[f"run/{preset}"], paths[f"model/{preset}"], paths[f"eval/{preset}"] = run, model, out
     configs = {teacher_cfg.name: track_a_teacher_config(args, teacher_model),
-               students_cfg.name: track_a_students_config(args, teacher)}
+               students_cfg.name: track_a_students_config(args, teacher, teacher_model)}
     return Plan(configs, steps, paths)
 
 
@@ -589,11 +621,12 @@ def estimated_compression(args, teacher_model: Path) -> tuple[int, int]:
             teacher += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()
                            if "pooler" not in k and f.get_slice(k).get_dtype().startswith(("F", "BF")))
     teacher += tcfg.hidden_size * LABELS + LABELS
-    shape = dict(vocab_size=tcfg.vocab_size, hidden_size=args.student_hidden, num_hidden_layers=args.student_layers,
-                 num_attention_heads=args.student_heads, intermediate_size=args.student_intermediate,
+    a = student_shape(args, "a")
+    shape = dict(vocab_size=tcfg.vocab_size, hidden_size=a["hidden"], num_hidden_layers=a["layers"],
+                 num_attention_heads=a["heads"], intermediate_size=a["intermediate"],
                  max_position_embeddings=getattr(tcfg, "max_position_embeddings", 512),
                  type_vocab_size=getattr(tcfg, "type_vocab_size", 2), num_labels=LABELS)
-    config = ElectraConfig(embedding_size=args.student_embedding, **shape) if args.student_embedding \
+    config = ElectraConfig(embedding_size=a["embedding"], **shape) if a["embedding"] \
         else BertConfig(**shape)
     with torch.device("meta"):
         student = AutoModelForTokenClassification.from_config(config)
@@ -715,7 +748,7 @@ def results_track_a(args, plan: Plan, teacher_model: Path, timings: dict) -> dic
         if compression < MIN_COMPRESSION:
             raise BenchError(f"track A {preset}: the exported student has {params:,} parameters, the teacher "
                              f"{teacher_params:,}: {compression:.2f}x, below {MIN_COMPRESSION}x; shrink the "
-                             "--student-* shape")
+                             "--a-student-* shape")
         lat_ms = lat["models"][preset]["median_ms"]
         students[preset] = {
             "f1": round(entry["f1"], 2), "f1_strict": round(entry.get("f1_strict", float("nan")), 2),
@@ -992,7 +1025,7 @@ def main(argv: list[str] | None = None) -> int:
             if est_teacher / est_student < MIN_COMPRESSION:
                 raise BenchError(f"track A: the student shape gives {est_student:,} parameters against the "
                                  f"teacher's {est_teacher:,} ({est_teacher / est_student:.2f}x < "
-                                 f"{MIN_COMPRESSION}x); shrink --student-* (e.g. --student-embedding 64)")
+                                 f"{MIN_COMPRESSION}x); shrink --a-student-* (e.g. --a-student-embedding 64)")
             log(f"track A: teacher ~{est_teacher:,} parameters, student ~{est_student:,} "
                 f"({est_teacher / est_student:.2f}x)")
         exe = xdt_executable()

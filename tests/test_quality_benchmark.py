@@ -36,10 +36,12 @@ def test_defaults_full_and_explicit_flags(quality, tmp_path):
     assert args.tracks == ["a", "b"] and args.presets == quality.PRESETS and args.langs == quality.B_LANGS
     assert (args.a_train, args.steps, args.b_budget) == (quality.CPU_DEFAULTS["a_train"],
                                                          quality.CPU_DEFAULTS["steps"], 500)
-    # D0-S gets the labeled steps of D4.2's label stage: head, 4 layers, embedding projection, embeddings
-    assert args.d0_steps == args.steps * 7
-    assert quality.optimizer_steps("D4.2", args, 10) == 10 * (1 + 2 * 7)
-    assert (args.threads, args.test_limit, args.b_test_limit) == (1, 0, 0)
+    # D0-S gets the labeled steps of D4.2's label stage: head, each layer, embedding projection, embeddings
+    # (track A's teacher-cut student has 2 layers, track B's 4)
+    assert (args.d0_steps, args.b_d0_steps) == (args.steps * 5, args.b_steps * 7)
+    assert quality.optimizer_steps("D4.2", args, 10) == 10 * (1 + 2 * 5)
+    assert quality.optimizer_steps("D4.2", args, 10, "b") == 10 * (1 + 2 * 7)
+    assert (args.threads, args.test_limit, args.b_test_limit) == (1, 0, 2000)
     full = quality.parse_args(["--full", "--a-dev", "300"])
     assert (full.a_train, full.steps, full.b_teacher_train, full.b_transfer, full.a_dev) == (0, 0, 0, 0, 300)
     assert (full.threads, full.b_test_limit) == (0, 0)
@@ -60,7 +62,7 @@ def test_bad_flags(quality, argv, capsys):
 def _teacher_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "minilm"
     folder.mkdir()
-    (folder / "config.json").write_text("{}")
+    (folder / "config.json").write_text('{"num_hidden_layers": 6}')
     return folder
 
 
@@ -108,9 +110,10 @@ def test_generated_configs_and_commands_parse(quality, tmp_path):
         cfg = a[f"a/distill/{preset}"]
         assert cfg.distill.strategy == preset and cfg.teacher.model == finetuned == cfg.tokenizer.path
         assert cfg.distill.teacher_cache == cache.distill.teacher_cache  # one cache for every preset
-        assert cfg.distill.steps == (28 if preset == "D0-S" else 4)
+        assert cfg.distill.steps == (20 if preset == "D0-S" else 4)  # head, 2 layers, projection, embeddings
         assert cfg.output.dir.endswith(f"students/{preset}")
-        assert (cfg.student.num_layers, cfg.student.hidden_size, cfg.student.embedding_size) == (4, 192, 64)
+        assert (cfg.student.num_layers, cfg.student.hidden_size, cfg.student.embedding_size) == (2, 384, 64)
+        assert cfg.student.embedding_init == "teacher" and cfg.distill.layer_map == [-1, 3, 6]
         assert cfg.data.transfer.endswith("train-en.tsv") and cfg.data.limit == 200
 
     b = seen["b"]
