@@ -49,6 +49,7 @@ from xdt.deploy.source import no_progress_bars  # noqa: E402
 from xdt.outputs import folder_bytes  # noqa: E402
 from xdt.deploy.trim import trim_model  # noqa: E402
 from xdt.eval.run import EvalOptions, evaluate  # noqa: E402
+from bench_common import LoadWatch  # noqa: E402  (benchmarks/, the script's own folder)
 
 DATA = ROOT.parent / "shared" / "data"
 XTREME = DATA / "wikiann" / "xtreme"
@@ -371,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mbert-eval-sentences", type=int, default=300,
                    help="test sentences per language for part 2's identical-prediction check (300)")
     args = p.parse_args(argv)
+    watch = LoadWatch("deploy")
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     work = Path(args.work)
@@ -386,13 +388,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_mbert:
             result["mbert"] = part_mbert(args, work)
     result["seconds"] = round(time.perf_counter() - t0, 1)
+    result["machine_load"] = watch.finish()
     text = json.dumps(result, indent=2, default=str)
     print(text)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     (results / "deploy-cpu.json").write_text(text + "\n", encoding="utf-8")
     (results / "deploy-cpu.md").write_text(markdown(result), encoding="utf-8")
-    print(summary(result))
+    print(summary(result) + f"; {watch.summary()}")
     return 0
 
 

@@ -63,6 +63,9 @@ def main() -> int:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
+    from bench_common import LoadWatch  # benchmarks/, the script's own folder
+
+    watch = LoadWatch("transfer_build")
     data = Path(args.data)
     if not (data / "text" / "tatoeba").is_dir() or not (data / "dicts" / "muse").is_dir():
         print(f"benchmark needs {data}/text/tatoeba and {data}/dicts/muse", file=sys.stderr)
@@ -96,13 +99,14 @@ def main() -> int:
     result = {"benchmark": "transfer_build", "targets": TARGETS, "langs": sorted(LANGS), "builds": builds,
               "peak_ratio_last_to_first": round(peaks[-1] / peaks[0], 3),
               "streaming_ok": peaks[-1] <= 1.2 * peaks[0]}
+    result["machine_load"] = watch.finish()
     print(json.dumps(result))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     verdict = "streaming" if result["streaming_ok"] else "NOT streaming"
     print("transfer_build: " + "; ".join(f"{b['size']}: {b['sentences_per_s']:.0f} sent/s, {b['peak_rss_mb']:.0f} MB"
                                          for b in builds)
-          + f"; peak ratio {result['peak_ratio_last_to_first']} ({verdict})")
+          + f"; peak ratio {result['peak_ratio_last_to_first']} ({verdict}); {watch.summary()}")
     return 0 if result["streaming_ok"] else 1
 
 

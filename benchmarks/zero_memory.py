@@ -91,6 +91,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.stage is not None:
         return worker(args)
+    from bench_common import LoadWatch  # benchmarks/, the script's own folder
+
+    watch = LoadWatch("zero_memory")
 
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     torchrun = str(Path(sys.executable).parent / "torchrun")
@@ -121,11 +124,12 @@ def main() -> None:
               "model": {"layers": args.layers, "hidden": args.hidden, "vocab": args.vocab},
               "precisions": results, "target": "ZeRO-3 per rank <= 0.6 x ZeRO-0 (bf16)",
               "pass": decisive[3]["ratio_to_zero0"] <= 0.6}
+    result["machine_load"] = watch.finish()
     print(json.dumps(result))
     parts = [f"{p}: " + ", ".join(f"ZeRO-{k} {max(v['per_rank_mib'])} MiB ({v['ratio_to_zero0']}x)"
                                   for k, v in stages.items()) for p, stages in results.items()]
     print(f"zero_memory: {params / 1e6:.1f}M params, 2 ranks, per rank; " + "; ".join(parts)
-          + f" [{'PASS' if result['pass'] else 'FAIL'}: ZeRO-3 <= 0.6x ZeRO-0 in bf16]")
+          + f" [{'PASS' if result['pass'] else 'FAIL'}: ZeRO-3 <= 0.6x ZeRO-0 in bf16]; {watch.summary()}")
 
 
 if __name__ == "__main__":
