@@ -46,13 +46,16 @@ def predict_label_ids(model: torch.nn.Module, features: AlignedFeatures, batch_s
         raise XdtError(f"internal: {features.aligned_words()} prediction slots for {total} words; the aligner "
                        "must give every word exactly one slot")
     out = np.full(total, -1, dtype=np.int64)
+    rows_only = getattr(model, "scores_rows", False)  # xdt.eval.fast_bert: logits of the slots alone
     for idx, ids, mask, words in padded_batches(features, batch_size, pad_id):
-        logits = model(input_ids=torch.from_numpy(ids).to(device),
-                       attention_mask=torch.from_numpy(mask).to(device)).logits
-        best = logits.argmax(-1).cpu().numpy()
         slots = words >= 0
+        inputs = {"input_ids": torch.from_numpy(ids).to(device), "attention_mask": torch.from_numpy(mask).to(device)}
         position = word_start[features.window_sentence[idx]][:, None] + words
-        out[position[slots]] = best[slots]
+        if rows_only:  # row-major, the order of position[slots]
+            out[position[slots]] = model(**inputs, rows=torch.from_numpy(slots)).logits.argmax(-1).cpu().numpy()
+        else:
+            best = model(**inputs).logits.argmax(-1).cpu().numpy()
+            out[position[slots]] = best[slots]
         if progress is not None:
             progress.update(int(slots.sum()))
     if (out < 0).any():
