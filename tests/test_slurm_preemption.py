@@ -146,6 +146,27 @@ def test_a_job_requeued_from_outside_is_not_a_failed_requeue(tmp_path, monkeypat
     assert "scontrol requeue 123 failed" in caplog.text
 
 
+def test_a_requeue_killed_by_a_signal_still_under_delivery_is_run_again(tmp_path, monkeypatch):
+    """srun forwards USR1 to every process of the step; an scontrol started while that delivery is under way dies
+    of it (seen on the loaded test cluster: returncode -10) and the job was not requeued: requeue() runs it again."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "scontrol"
+    script.write_text(f"""#!/bin/bash
+echo "$*" >> {bin_dir}/calls
+if [[ ! -e {bin_dir}/killed ]]; then touch {bin_dir}/killed; kill -USR1 $$; fi
+exit 0
+""")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    with Preemption() as stop:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.should_stop(1)
+        assert stop.requeue() is True
+    assert (bin_dir / "calls").read_text().splitlines() == ["requeue 123", "requeue 123"]
+
+
 def test_exit_code_convention():
     assert EXIT_REQUEUE == 75  # EX_TEMPFAIL: saved, not finished; documented in the module and the README
 

@@ -161,7 +161,13 @@ class Preemption:
         if scontrol is None:
             log.error("SLURM job %s: scontrol not on PATH, cannot requeue", job)
             return False
-        done = subprocess.run([scontrol, "requeue", job], capture_output=True, text=True, timeout=60)
+        for _ in range(3):
+            done = subprocess.run([scontrol, "requeue", job], capture_output=True, text=True, timeout=60)
+            # srun forwards a signal to every process of the step, and scontrol (started with the default action
+            # for USR1) can be killed by a delivery still under way: run it again (a requeue it already sent is
+            # recognised below)
+            if done.returncode >= 0:
+                break
         if done.returncode != 0 and _requeued_already(scontrol, job):
             # `scontrol requeue` from outside (an admin, a user) sent the TERM that stopped us: SLURM refuses a
             # second requeue ("Job is pending execution"), and the job restarts all the same
