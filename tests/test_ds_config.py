@@ -60,3 +60,14 @@ def test_auto_batch_keys_are_filled(tmp_path):
     path = _write(tmp_path, {"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 1}})
     assert build_ds_config(DeepSpeedConfig(config=path), 4, 1)["train_micro_batch_size_per_gpu"] == 4
     assert (ROOT / "ds_configs" / "zero2.json").exists()
+
+
+def test_zero3_optimizer_sub_groups_are_bounded_unless_the_file_sets_them(tmp_path):
+    """DeepSpeed's default makes a rank's whole partition one sub-group: the optimizer step's temporaries then
+    have the partition's size (see build_ds_config)."""
+    assert build_ds_config(DeepSpeedConfig(config="ds_configs/zero3.json"), 4, 2, hidden_size=768)[
+        "zero_optimization"]["sub_group_size"] == 10_000_000
+    path = _write(tmp_path, {"zero_optimization": {"stage": 3, "sub_group_size": 5}})
+    assert build_ds_config(DeepSpeedConfig(config=path), 4, 1)["zero_optimization"]["sub_group_size"] == 5
+    assert "sub_group_size" not in build_ds_config(DeepSpeedConfig(config="ds_configs/zero2.json"), 4, 1)[
+        "zero_optimization"]

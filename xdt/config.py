@@ -154,6 +154,9 @@ class DeepSpeedConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     gradient_accumulation_steps: int = 1
     gradient_clipping: float = 1.0
+    # ZeRO-3 only: teacher and student are built partitioned (deepspeed.zero.Init), no rank holds a whole model;
+    # false builds them whole and lets deepspeed.initialize partition them (kept to compare against)
+    zero_init: bool = True
 
 
 @dataclass

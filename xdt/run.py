@@ -266,7 +266,10 @@ def distill_step(cfg: RunConfig, data, teacher_dir: Path, out: Path) -> dict:
     from xdt.distill.teacher_cache import TeacherCache, teacher_weights_hash
     from xdt.distill.teacher_train import teacher_device_dtype
     from xdt.distill.train import cached_layers, distill, stage_reads_cache
-    from xdt.models.student import build_student, count_parameters
+    from xdt.engine.distributed import world_size
+    from xdt.engine.ds_config import build_ds_config
+    from xdt.engine.zero3 import build_config, frozen_config, zero3_build
+    from xdt.models.student import build_student, count_parameters, student_shape
 
     eager = cfg.distill.attention_loss != "none"
     tcfg = AutoConfig.from_pretrained(str(teacher_dir))
@@ -280,17 +283,26 @@ def distill_step(cfg: RunConfig, data, teacher_dir: Path, out: Path) -> dict:
     needs_live = any(s.losses.get(t, 0) > 0 for s in resolve_stages(cfg) if not stage_reads_cache(s, cache, cfg)
                      for t in ("hidden", "attention", "logits"))
     svd = cfg.student.embedding_init in ("svd", "pca") and not cfg.student.init_from
-    teacher = load_teacher_model(teacher_dir, data.labels, eager, cfg.data.task) if needs_live or \
-        cfg.student.embedding_init == "teacher" else None
-    torch.manual_seed(cfg.seed)  # the student's random initialisation is part of what a seed reproduces
-    student = build_student(cfg.student, vocab_size=len(data.tokenizer), labels=data.labels, task=cfg.data.task,
-                            teacher=teacher, copy_layer_map=cfg.distill.layer_map,
-                            teacher_word_embeddings=_teacher_word_embeddings(teacher_dir) if svd and teacher is None
-                            else None, pad_token_id=data.tokenizer.pad_token_id,
-                            attn_implementation="eager" if eager else None, attention_dropout=0.0 if eager else None)
     dev, dtype = teacher_device_dtype()
+    # ZeRO-3: teacher and student are built partitioned, under the config distill() trains with (the teacher in
+    # its own precision); no rank holds either whole
+    student_hidden = AutoConfig.from_pretrained(cfg.student.init_from).hidden_size if cfg.student.init_from else \
+        student_shape(cfg.student).hidden_size
+    partitioned = build_config(cfg.deepspeed, build_ds_config(cfg.deepspeed, cfg.distill.batch_size, world_size(),
+                                                              student_hidden))
+    with zero3_build(partitioned and frozen_config(partitioned, dtype)):
+        teacher = load_teacher_model(teacher_dir, data.labels, eager, cfg.data.task) if needs_live or \
+            cfg.student.embedding_init == "teacher" else None
+    torch.manual_seed(cfg.seed)  # the student's random initialisation is part of what a seed reproduces
+    with zero3_build(partitioned):
+        student = build_student(cfg.student, vocab_size=len(data.tokenizer), labels=data.labels,
+                                task=cfg.data.task, teacher=teacher, copy_layer_map=cfg.distill.layer_map,
+                                teacher_word_embeddings=_teacher_word_embeddings(teacher_dir)
+                                if svd and teacher is None else None, pad_token_id=data.tokenizer.pad_token_id,
+                                attn_implementation="eager" if eager else None,
+                                attention_dropout=0.0 if eager else None)
     sizes = {"teacher_parameters": count_parameters(teacher) if teacher is not None else None,
-             "student_parameters": count_parameters(student)}  # before ZeRO-3 partitions them
+             "student_parameters": count_parameters(student)}  # full sizes, also when partitioned
     result = distill(cfg, data, teacher, student, out, dev, dtype, cache=cache, teacher_config=tcfg,
                      **loop_kwargs(cfg, data))
     return {"path": str(result.path), "best_dev_f1": result.best_dev_f1, "steps": result.steps,

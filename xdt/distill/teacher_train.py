@@ -29,9 +29,10 @@ from xdt.distill.train import batches_from, resume_point
 from xdt.engine.checkpoint import Checkpointer
 from xdt.engine.metrics import MetricsLog, progress_bar
 from xdt.engine.preemption import Preemption
+from xdt.engine.zero3 import build_config, is_partitioned, zero3_build
 from xdt.errors import Preempted
 from xdt.models.student import Task
-from xdt.models.teacher import build_teacher
+from xdt.models.teacher import build_teacher, teacher_hidden_size
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +55,18 @@ def train_teacher(cfg: RunConfig, data: TaskData, out_dir: str | Path, *, task: 
     out_dir = Path(out_dir)
     tokenizer = data.tokenizer
     tc = cfg.teacher
-    if model is None:
-        model = build_teacher(tc, vocab_size=len(tokenizer), labels=data.labels, task=task,
-                              pad_token_id=tokenizer.pad_token_id)
+    world = world_size()
+    if model is None:  # ZeRO-3: built partitioned, no rank holds the whole teacher
+        ds_config = build_ds_config(cfg.deepspeed, tc.batch_size, world, teacher_hidden_size(tc))
+        with zero3_build(build_config(cfg.deepspeed, ds_config)):
+            model = build_teacher(tc, vocab_size=len(tokenizer), labels=data.labels, task=task,
+                                  pad_token_id=tokenizer.pad_token_id)
+        if is_partitioned(model) and is_main():
+            log.info("ZeRO-3: teacher built partitioned (deepspeed.zero.Init), rank 0 holds %d of its %d parameters",
+                     sum(p.ds_tensor.numel() for p in model.parameters()), sum(p.ds_numel for p in model.parameters()))
     batcher = batcher_cls(data.train.features, tokenizer.pad_token_id)
     score_fn = score_fn or (lambda m: dev_score(m, data.dev, data.labels, tokenizer.pad_token_id,
                                                 cfg.eval.batch_size).mean_f1)
-    world = world_size()
     accum = cfg.deepspeed.gradient_accumulation_steps
     steps_per_epoch = max(1, batcher.num_batches(tc.batch_size, world) // accum)  # optimizer steps
     total = max(1, math.ceil(tc.epochs * steps_per_epoch))

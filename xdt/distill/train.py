@@ -38,7 +38,8 @@ from xdt.engine.hf_save import save_hf
 from xdt.engine.checkpoint import Checkpointer
 from xdt.engine.metrics import MetricsLog, progress_bar
 from xdt.engine.preemption import Preemption
-from xdt.engine.restore import restore_snapshot, save_snapshot
+from xdt.engine.restore import load_state, restore_snapshot, save_snapshot
+from xdt.engine.zero3 import build_model, frozen_config, frozen_engine, is_partitioned, zero3_build
 from xdt.errors import ConfigError, Preempted, XdtError
 from xdt.models.layer_map import resolve_layer_map
 
@@ -151,22 +152,35 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
     tokenizer = data.tokenizer
     stages = resolve_stages(cfg)
     tcfg = teacher.config if teacher is not None else teacher_config
+    bs, world, accum = cfg.distill.batch_size, world_size(), cfg.deepspeed.gradient_accumulation_steps
+    ds_config = build_ds_config(cfg.deepspeed, bs, world, student.config.hidden_size)
+    zero3 = zero_stage(ds_config) == 3
+    teacher_engine = None
     if teacher is not None:
         teacher.eval().requires_grad_(False)
-        teacher.to(device=teacher_device or torch.device("cpu"), dtype=teacher_dtype)
+        if is_partitioned(teacher):  # built under zero3_build: an engine's hooks gather each layer for its forward
+            teacher_engine = frozen_engine(teacher, frozen_config(ds_config, teacher_dtype))
+            teacher.eval()
+        else:
+            teacher.to(device=teacher_device or torch.device("cpu"), dtype=teacher_dtype)
     if cache is not None:
         cache.check_features(data.transfer.features)
     torch.manual_seed(cfg.seed)
     projector = None
     if any(s.losses.get("hidden", 0) > 0 for s in stages):
         pairs = resolve_layer_map(cfg.distill.layer_map, student.config.num_hidden_layers, tcfg.num_hidden_layers)
-        projector = HiddenProjector(pairs, student.config.hidden_size, tcfg.hidden_size,
+        # partitioned like the student it trains with: DeepSpeed would leave a whole part of a partitioned module
+        # in fp32 on the CPU
+        with zero3_build(ds_config if is_partitioned(student) else None):
+            projector = build_model(HiddenProjector, pairs, student.config.hidden_size, tcfg.hidden_size,
                                     cfg.distill.projection_dropout)
     module = DistillStep(student, projector,
                          every_token=cfg.distill.positions == "tokens" and cfg.data.task == "token")
-    bs, world, accum = cfg.distill.batch_size, world_size(), cfg.deepspeed.gradient_accumulation_steps
-    ds_config = build_ds_config(cfg.deepspeed, bs, world, student.config.hidden_size)
-    zero3 = zero_stage(ds_config) == 3
+    if is_partitioned(student) and is_main():
+        log.info("ZeRO-3: student%s built partitioned (deepspeed.zero.Init), rank 0 holds %d of its %d parameters",
+                 " and teacher" if teacher_engine is not None else "",
+                 sum(p.ds_tensor.numel() for p in student.parameters()),
+                 sum(p.ds_numel for p in student.parameters()))
     batchers = {"transfer": batcher_cls(data.transfer.features, tokenizer.pad_token_id),
                 "labeled": batcher_cls(data.train.features, tokenizer.pad_token_id)}
     score_fn = score_fn or (lambda m: dev_score(m, data.dev, data.labels, tokenizer.pad_token_id,
@@ -215,8 +229,8 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
             torch.manual_seed(seed)
             if pending_load is not None and pending_load[1] and zero3:
                 # a finished unfreeze step's weights into the next one: ZeRO-3 cannot load a checkpoint whose
-                # frozen set differs from the new engine's, so consolidate it and load before partitioning
-                module.load_state_dict(ckpt.consolidated(pending_load[0]))
+                # frozen set differs from the new engine's, so consolidate it and load it before the engine
+                load_state(module, ckpt.consolidated(pending_load[0]))
                 pending_load = None
             trainable = plan.apply(phase) if phase is not None else plan.apply_all()
             params = [p for p in module.parameters() if p.requires_grad]
@@ -317,6 +331,8 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
 
     if best < 0 and not best_path.exists():  # no stage trained the output: keep the final student
         save_hf(student, best_path, tokenizer, zero3=zero3)
+    if teacher_engine is not None:
+        teacher_engine.destroy()
     preempt.uninstall()
     metrics.close()
     return DistillResult(best_path, best, global_step, history)

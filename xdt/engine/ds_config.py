@@ -60,7 +60,8 @@ def build_ds_config(cfg: DeepSpeedConfig, micro_batch_size: int, world_size: int
                     hidden_size: int | None = None) -> dict:
     """The config for `deepspeed.initialize`. `hidden_size` sizes ZeRO-3's buckets when the file leaves them out,
     as the HF integration's "auto" does (reduce bucket H^2, prefetch 0.9 H^2, persistence 10 H): DeepSpeed's own
-    defaults (5e8 elements) allocate ~2 GB per rank whatever the model's size."""
+    defaults (5e8 elements) allocate ~2 GB per rank whatever the model's size. ZeRO-3's optimizer sub-groups are
+    1e7 elements unless the file says otherwise."""
     path = resolve_path(cfg.config)
     ds = read_ds_file(path)
     accum = cfg.gradient_accumulation_steps
@@ -84,6 +85,12 @@ def build_ds_config(cfg: DeepSpeedConfig, micro_batch_size: int, world_size: int
                            ("stage3_param_persistence_threshold", 10 * hidden_size)):
             if zero.get(key, "auto") == "auto":
                 zero[key] = value
+    if stage == 3 and zero.get("sub_group_size", "auto") == "auto":
+        # DeepSpeed's default (1e9 elements) makes a rank's whole partition one sub-group, so each optimizer step
+        # briefly holds its fp32 gradient and torch Adam's intermediates at the size of the whole partition (XLM-R
+        # base, 2 ranks, bf16: 0.8 GB more per rank during the step, which then set the peak); 1e7 bounds each to
+        # 40 MB (a larger parameter is a sub-group of its own). Adam is elementwise: the update is the same.
+        zero["sub_group_size"] = 10_000_000
     leftover = [k for k, v in _walk(ds) if v == "auto"]
     if leftover:
         raise ConfigError(f"deepspeed.config: {path} leaves {', '.join(leftover)} as \"auto\"; xdt fills only "

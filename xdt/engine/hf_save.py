@@ -15,17 +15,22 @@ from xdt.engine.distributed import barrier, is_main
 def save_hf(model: torch.nn.Module, out: str | Path, tokenizer=None, zero3: bool = False) -> Path:
     """`model.save_pretrained(out)` (+ tokenizer), replacing `out` only once the new folder is complete.
 
-    Under ZeRO-3 each rank holds a shard of every parameter: they are gathered first (a collective: every rank
-    must call this), and rank 0 writes.
+    Under ZeRO-3 each rank holds a shard of every parameter: they are gathered one layer at a time (a collective:
+    every rank must call this) and only rank 0 keeps the values and writes, so no other rank ever holds the whole
+    model and rank 0 holds it once.
     """
     out = Path(out)
     if zero3:
-        import deepspeed
+        from xdt.engine.zero3 import gathered
 
-        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
-            if is_main():
-                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                _write(model, out, tokenizer, state)
+        state = model.state_dict() if is_main() else {}  # buffers; parameters are empty shards, replaced below
+        for prefix, module in model.named_modules(remove_duplicate=False):  # tied weights under each name
+            params = dict(module.named_parameters(prefix=prefix, recurse=False))
+            with gathered(params.values()):
+                if is_main():
+                    state.update({k: p.detach().clone() for k, p in params.items()})
+        if is_main():
+            _write(model, out, tokenizer, state)
     elif is_main():
         _write(model, out, tokenizer, None)
     barrier()

@@ -35,14 +35,16 @@ def _gathered(params: list[torch.nn.Parameter], zero3: bool):
 def save_snapshot(module: torch.nn.Module, path: str | Path, zero3: bool) -> None:
     """Every parameter of `module` in float32 (the optimizer's master copy where it keeps one). A collective
     under ZeRO-3: every rank must call it."""
-    params = dict(module.named_parameters())
-    with _gathered(list(params.values()), zero3):
-        state = {n: p.detach().to("cpu", torch.float32, copy=True) for n, p in params.items()}
-    for name, p in params.items():
+    state = {}
+    for name, p in module.named_parameters():  # one at a time: only rank 0 keeps the values (ZeRO-3)
+        with _gathered([p], zero3):
+            value = p.detach().to("cpu", torch.float32, copy=True) if is_main() else None
         if p.requires_grad:
             master = safe_get_full_fp32_param(p)  # None when the engine keeps no separate master copy
-            if master is not None:
-                state[name] = master.detach().to("cpu", torch.float32).reshape(state[name].shape).clone()
+            if master is not None and is_main():
+                value = master.detach().to("cpu", torch.float32).reshape(value.shape).clone()
+        if is_main():
+            state[name] = value
     if is_main():
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +76,27 @@ def restore_snapshot(module: torch.nn.Module, path: str | Path, zero3: bool) -> 
             p.data.copy_(value.reshape(p.shape).to(p.dtype))
         restored.append(name)
     return restored
+
+
+@torch.no_grad()
+def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """`module.load_state_dict(state)`, also for a module built partitioned (ZeRO-3 zero.Init) and not yet in an
+    engine: one parameter gathered at a time, so no rank holds the whole module twice."""
+    from xdt.engine.zero3 import gathered, is_partitioned
+
+    if not is_partitioned(module):
+        module.load_state_dict(state)
+        return
+    params = dict(module.named_parameters())
+    missing = sorted(set(params) - set(state))
+    if missing:  # every rank holds `state`: every rank refuses, none waits in a collective
+        raise RuntimeError(f"state dict misses {len(missing)} parameters of the model: {missing[:5]}")
+    for name, p in params.items():
+        with gathered(p, write=True):
+            p.copy_(state[name].reshape(p.shape).to(p.dtype))
+    buffers = {n: b for n, b in module.named_buffers() if n in state}  # never partitioned
+    for name, b in buffers.items():
+        b.copy_(state[name])
 
 
 def _local_partition(p: torch.nn.Parameter, value: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,6 +31,7 @@ from transformers import (AutoModelForSequenceClassification, AutoModelForTokenC
                           PreTrainedModel)
 
 from xdt.config import STUDENT_PRESETS, StudentConfig
+from xdt.engine.zero3 import build_model, from_pretrained, gathered
 from xdt.errors import ConfigError
 from xdt.models.embeddings import svd_components, svd_compress
 from xdt.models.layer_map import LayerMapSpec, teacher_layers_to_copy
@@ -135,6 +137,8 @@ def build_student(cfg: StudentConfig, *, vocab_size: int, labels: Sequence[str],
     training mode the student's maps would be noisy targets of the loss (the hidden dropout, `cfg.dropout`, stays).
     None keeps `cfg.dropout` (a folder of `cfg.init_from` keeps its own).
     With `cfg.freeze_embeddings` the word embeddings get ``requires_grad=False``.
+    Called inside `xdt.engine.zero3.zero3_build` the student is built partitioned (a partitioned teacher too),
+    and every write into it gathers only the parameters it writes: every rank must call this.
     """
     if cfg.init_from:
         model = load_pretrained_student(cfg.init_from, vocab_size=vocab_size, labels=labels, task=task,
@@ -149,7 +153,7 @@ def build_student(cfg: StudentConfig, *, vocab_size: int, labels: Sequence[str],
             max_position_embeddings=getattr(teacher_cfg, "max_position_embeddings", 512),
             type_vocab_size=getattr(teacher_cfg, "type_vocab_size", 2), dropout=cfg.dropout,
             attention_dropout=attention_dropout)
-        model = model_class(config, task)(config)
+        model = build_model(model_class(config, task), config)  # partitioned inside zero3_build (ZeRO-3)
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
         if cfg.embedding_init in ("svd", "pca"):
@@ -197,6 +201,11 @@ def init_word_embeddings_svd(model: PreTrainedModel, teacher_weight: torch.Tenso
     first V rows, the pieces the tokenizer can produce; fewer rows than pieces is refused.
     """
     student_weight = model.get_input_embeddings().weight
+    with gathered(student_weight, write=True), gathered([teacher_weight]):  # no-ops unless partitioned (ZeRO-3)
+        _svd_into(student_weight, teacher_weight, center)
+
+
+def _svd_into(student_weight: torch.Tensor, teacher_weight: torch.Tensor, center: bool) -> None:
     vocab, width = student_weight.shape
     what = "'pca'" if center else "'svd'"
     if teacher_weight.shape[0] < vocab:
@@ -243,20 +252,33 @@ def copy_from_teacher(student: PreTrainedModel, teacher: PreTrainedModel, teache
     if len(teacher_layers) != len(s_base.encoder.layer):
         raise ValueError(f"need one teacher layer per student layer ({len(s_base.encoder.layer)}), "
                          f"got {list(teacher_layers)}")
+    for j in teacher_layers:
+        if not 0 <= j < len(t_base.encoder.layer):
+            raise ConfigError(f"distill.layer_map: teacher layer {j} out of range 0..{len(t_base.encoder.layer) - 1}")
+    # part by part, so that under ZeRO-3 only the part being copied is gathered (no-ops otherwise)
     with torch.no_grad():
         if hasattr(s_base, "embeddings_project"):
-            _copy_factorized_embeddings(student, teacher)
+            with _gathered_pair([s_base.embeddings, s_base.embeddings_project], [t_base.embeddings]):
+                _copy_factorized_embeddings(student, teacher)
         else:
-            _copy_state(s_base.embeddings, t_base.embeddings, "embeddings")
+            with _gathered_pair([s_base.embeddings], [t_base.embeddings]):
+                _copy_state(s_base.embeddings, t_base.embeddings, "embeddings")
         for i, j in enumerate(teacher_layers):
-            if not 0 <= j < len(t_base.encoder.layer):
-                raise ConfigError(f"distill.layer_map: teacher layer {j} out of range "
-                                  f"0..{len(t_base.encoder.layer) - 1}")
-            _copy_layer(s_base.encoder.layer[i], t_base.encoder.layer[j], f"layer {i} <- teacher layer {j}")
+            with _gathered_pair([s_base.encoder.layer[i]], [t_base.encoder.layer[j]]):
+                _copy_layer(s_base.encoder.layer[i], t_base.encoder.layer[j], f"layer {i} <- teacher layer {j}")
         s_head, t_head = getattr(student, "classifier", None), getattr(teacher, "classifier", None)
-        if isinstance(s_head, nn.Linear) and isinstance(t_head, nn.Linear) and \
-                s_head.weight.shape == t_head.weight.shape:
-            _copy_state(s_head, t_head, "classifier")
+        if isinstance(s_head, nn.Linear) and isinstance(t_head, nn.Linear):
+            with _gathered_pair([s_head], [t_head]):
+                if s_head.weight.shape == t_head.weight.shape:
+                    _copy_state(s_head, t_head, "classifier")
+
+
+@contextmanager
+def _gathered_pair(dst: Sequence[nn.Module], src: Sequence[nn.Module]):
+    """Full values of `src` to read and of `dst` to write (rank 0's writes kept) inside; no-ops unless partitioned."""
+    with gathered([p for m in dst for p in m.parameters()], write=True), \
+            gathered([p for m in src for p in m.parameters()]):
+        yield
 
 
 def _copy_state(dst: nn.Module, src: nn.Module, what: str, skip: tuple[str, ...] = ()) -> None:
@@ -320,8 +342,7 @@ def load_pretrained_student(path: str | Path, *, vocab_size: int, labels: Sequen
                           f"not loaded: unpickling can run code); re-save with save_pretrained")
     auto = AutoModelForTokenClassification if task == "token" else AutoModelForSequenceClassification
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    model = auto.from_pretrained(str(folder), use_safetensors=True, ignore_mismatched_sizes=True,
-                                 **label_maps(labels), **kwargs)
+    model = from_pretrained(auto, str(folder), use_safetensors=True, **label_maps(labels), **kwargs)
     if model.config.vocab_size != vocab_size:
         raise ConfigError(f"student.init_from: {path} has a vocabulary of {model.config.vocab_size} pieces, the "
                           f"tokenizer {vocab_size}; the student must keep the tokenizer's vocabulary")
@@ -333,8 +354,13 @@ def load_pretrained_student(path: str | Path, *, vocab_size: int, labels: Sequen
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of distinct parameters (tied ones once); with `trainable_only` those with requires_grad."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+    """Number of distinct parameters (tied ones once); with `trainable_only` those with requires_grad. A model
+    partitioned by ZeRO-3 counts its full sizes."""
+    return sum(_numel(p) for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _numel(p: torch.Tensor) -> int:
+    return getattr(p, "ds_numel", None) or p.numel()  # ZeRO-3 leaves an empty tensor where the shard was
 
 
 def parameter_breakdown(model: PreTrainedModel) -> dict[str, int]:
@@ -344,7 +370,7 @@ def parameter_breakdown(model: PreTrainedModel) -> dict[str, int]:
     factorizing and freezing them address; a run logs this split.
     """
     base = model.base_model
-    word = model.get_input_embeddings().weight.numel()
+    word = _numel(model.get_input_embeddings().weight)
     emb = count_parameters(base.embeddings) - word
     if hasattr(base, "embeddings_project"):
         emb += count_parameters(base.embeddings_project)

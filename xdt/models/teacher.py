@@ -15,6 +15,7 @@ from transformers import (AutoModelForSequenceClassification, AutoModelForTokenC
                           PreTrainedModel)
 
 from xdt.config import TeacherConfig
+from xdt.engine.zero3 import build_model, from_pretrained
 from xdt.errors import ConfigError
 from xdt.models.student import Task, model_class, label_maps
 
@@ -24,6 +25,7 @@ def build_teacher(cfg: TeacherConfig, *, vocab_size: int, labels: Sequence[str],
     """`cfg.model` loaded with a head for `labels`, or (empty `cfg.model`) a random BERT of `cfg`'s shape.
 
     `vocab_size` sizes the random BERT (the tokenizer's vocabulary) and is checked against a loaded folder.
+    Inside `xdt.engine.zero3.zero3_build` (ZeRO-3) either is built partitioned: every rank must call this.
     """
     if cfg.model:
         return _load_teacher(cfg, vocab_size=vocab_size, labels=labels, task=task,
@@ -39,10 +41,19 @@ def build_teacher(cfg: TeacherConfig, *, vocab_size: int, labels: Sequence[str],
                         num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
                         hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
                         pad_token_id=pad_token_id, **label_maps(labels))
-    model = model_class(config, task)(config)
+    model = build_model(model_class(config, task), config)
     if attn_implementation is not None:
         model.set_attn_implementation(attn_implementation)
     return model
+
+
+def teacher_hidden_size(cfg: TeacherConfig) -> int:
+    """The hidden size of the teacher `build_teacher` builds (sizes ZeRO-3's buckets before it exists)."""
+    if not cfg.model:
+        return cfg.hidden_size
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(cfg.model).hidden_size
 
 
 def _load_teacher(cfg: TeacherConfig, *, vocab_size: int, labels: Sequence[str], task: Task,
@@ -57,8 +68,8 @@ def _load_teacher(cfg: TeacherConfig, *, vocab_size: int, labels: Sequence[str],
     auto = AutoModelForTokenClassification if task == "token" else AutoModelForSequenceClassification
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        model = auto.from_pretrained(str(folder), ignore_mismatched_sizes=True, weights_only=True,
-                                     trust_remote_code=cfg.trust_remote_code, **label_maps(labels), **kwargs)
+        model = from_pretrained(auto, str(folder), weights_only=True, trust_remote_code=cfg.trust_remote_code,
+                                **label_maps(labels), **kwargs)  # ignore_mismatched_sizes, also partitioned
     except (OSError, ValueError) as err:
         raise ConfigError(f"teacher.model: cannot load {cfg.model}: {err}") from err
     if model.config.vocab_size < vocab_size:  # larger is fine: some checkpoints pad the matrix
