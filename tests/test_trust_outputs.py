@@ -13,24 +13,12 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.test_deploy import save_tiny
+from tests.test_trust_inputs import refused  # one error line, exit 2, no traceback
 from xdt.cli import main
 from xdt.errors import ConfigError, XdtError
 
 LANGS = "en,ru"
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
-
-
-def refused(capsys, argv: list[str], *needles: str) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    # one error line, last, and no traceback (progress bars of a model loaded before may precede it)
-    lines = capsys.readouterr().err.strip().splitlines()
-    err = lines[-1]
-    assert err.startswith("xdt: error: ") and sum("xdt: error:" in line for line in lines) == 1, lines
-    assert not any("Traceback" in line for line in lines), lines
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
