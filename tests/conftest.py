@@ -44,3 +44,11 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True, scope="session")
 def _session_cache(tmp_path_factory):
     os.environ["XDT_CACHE"] = str(tmp_path_factory.mktemp("xdt_cache"))
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """The local SLURM cluster every SLURM test of the session shares (tests/slurm_cluster.py); its environment."""
+    from tests.slurm_cluster import start_cluster
+
+    yield from start_cluster(tmp_path_factory)

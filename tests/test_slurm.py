@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.slurm_cluster import _cluster, logs, slurm_cli, wait_job
 from xdt.slurm.render import Resources
 from xdt.slurm.status import newest_checkpoint, scontrol_jobs
 from xdt.slurm.submit import sbatch, write_script
@@ -30,14 +30,11 @@ from xdt.slurm.train_job import build_train_job, resume_supported
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[1]
-CLUSTER = ROOT / "slurm" / "local" / "cluster.sh"
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 DATA = ROOT.parent / "shared" / "data"
 XTREME = DATA / "wikiann" / "xtreme"
 VOCAB = DATA / "vocab" / "bert-base-multilingual-cased"
 LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
-FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
-         "PREEMPTED"}
 # small distillation of the quickstart, a few seconds of training per rank, that still learns: with 1 teacher epoch
 # of 100 sentences per language (8 steps per rank) the teacher scored F1 0.0 in every language and the test passed.
 # These settings (93 teacher steps per rank, ~10 s) measured teacher 58.8-59.9, student 44.9-48.5 test mean F1 on
@@ -55,86 +52,6 @@ def assert_learned(out: Path) -> None:
     teacher, student = report["teacher"]["mean_f1"], report["mean_f1"]
     assert teacher > MIN_TEACHER_F1, f"teacher mean F1 {teacher:.2f}: it learned nothing\n{logs(out)}"
     assert student > MIN_STUDENT_F1, f"student mean F1 {student:.2f} (teacher {teacher:.2f})\n{logs(out)}"
-
-
-# --------------------------------------------------------------------------------------------- the cluster
-
-
-def _free_port_pair() -> int:
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-        if port < 65000:
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                    return port
-                except OSError:
-                    continue
-    raise RuntimeError("no free pair of ports for slurmctld/slurmd")
-
-
-def _cluster(action: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(CLUSTER), action], capture_output=True, text=True, env=env, timeout=600)
-
-
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory):
-    """A fresh cluster in a session folder, on free ports (a developer's cluster may run beside it)."""
-    env = dict(os.environ, XDT_SLURM_DIR=str(tmp_path_factory.mktemp("slurm")), XDT_SLURM_PORT=str(_free_port_pair()))
-    if not shutil.which("sbatch", path=env["PATH"] + ":/usr/sbin") or not shutil.which("slurmctld",
-                                                                                       path="/usr/sbin:/usr/bin"):
-        done = _cluster("install", env)
-        if done.returncode != 0:
-            pytest.skip(f"SLURM binaries absent and `slurm/local/cluster.sh install` failed: {done.stderr.strip()}")
-    up = _cluster("up", env)
-    if up.returncode != 0:
-        _cluster("down", env)
-        if os.geteuid() != 0:
-            pytest.skip(f"the local SLURM cluster runs its daemons as root: {up.stderr.strip()}")
-        raise RuntimeError(f"slurm/local/cluster.sh up failed:\n{up.stderr}")
-    conf = up.stdout.strip().rpartition("export SLURM_CONF=")[2]
-    assert Path(conf).is_file(), up.stdout
-    before = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = conf
-    try:
-        yield env
-    finally:
-        down = _cluster("down", env)
-        if before is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = before
-        assert down.returncode == 0, down.stderr
-
-
-def wait_job(job_id: str, timeout: float, until=FINAL) -> list[dict]:
-    """Poll `scontrol show job` until every task (array tasks too) is in a state of `until`."""
-    deadline = time.monotonic() + timeout
-    jobs: list[dict] = []
-    while time.monotonic() < deadline:
-        jobs = scontrol_jobs(job_id)
-        if jobs and all(j.get("JobState") in until for j in jobs):
-            return jobs
-        time.sleep(0.5)
-    subprocess.run(["scancel", job_id], capture_output=True)
-    raise AssertionError(f"job {job_id} not in {sorted(until)} after {timeout:.0f} s: {jobs}")
-
-
-def logs(folder: Path) -> str:
-    """Every log of a run's slurm/logs, for assertion messages."""
-    return "\n".join(f"==> {p} <==\n{p.read_text(errors='replace')[-4000:]}"
-                     for p in sorted((folder / "slurm" / "logs").glob("*")) if p.is_file())
-
-
-def slurm_cli(argv: list[str], capsys) -> tuple[int, str]:
-    """`xdt slurm ...` in this process, through the top-level CLI as a user runs it."""
-    from xdt.cli import main
-
-    capsys.readouterr()
-    code = main(["slurm", *argv])
-    return code, capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------------------------- tests
