@@ -19,7 +19,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from xdt.errors import ConfigError
+from xdt.errors import ConfigError, XdtError
 
 # The released XtremeDistilTransformers shapes (../shared/reference): layers, hidden, heads, intermediate.
 STUDENT_PRESETS: dict[str, dict[str, int]] = {
@@ -177,6 +177,34 @@ class EvalConfig:
 
 
 @dataclass
+class SlurmStepConfig:
+    """What one step of `xdt slurm pipeline` asks SLURM for; null keys take the common setting (the command line's
+    flags, then `slurm.partition`/`slurm.account`, then xdt slurm's defaults)."""
+
+    nodes: int | None = None  # the eval step is one node per shard, whatever this says
+    gpus_per_node: int | None = None
+    cpus_per_task: int | None = None
+    ntasks_per_node: int | None = None
+    procs_per_node: int | None = None
+    time: str | None = None  # quoted in YAML: "04:00:00" (an unquoted 4:00:00 is read as a number of seconds)
+    partition: str | None = None
+    account: str | None = None
+
+
+@dataclass
+class SlurmConfig:
+    """Resources of the jobs `xdt slurm pipeline` submits (nothing else reads this section)."""
+
+    partition: str | None = None
+    account: str | None = None
+    eval_shards: int = 1  # array tasks of the evaluation, each scoring every N-th language
+    teacher: SlurmStepConfig = field(default_factory=SlurmStepConfig)
+    cache: SlurmStepConfig = field(default_factory=SlurmStepConfig)
+    distill: SlurmStepConfig = field(default_factory=SlurmStepConfig)
+    eval: SlurmStepConfig = field(default_factory=SlurmStepConfig)
+
+
+@dataclass
 class RunConfig:
     seed: int = 42
     data: DataConfig = field(default_factory=DataConfig)
@@ -188,6 +216,7 @@ class RunConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)  # `xdt slurm pipeline` only; not part of what a run computes
 
 
 # --------------------------------------------------------------------------------------------- building
@@ -396,6 +425,10 @@ RANGES = {
     **dict.fromkeys(("teacher.dropout", "student.dropout", "distill.projection_dropout"), _FRACTION),
     "teacher.warmup_ratio": (0, True, 1, True),
 }
+SLURM_STEPS = ("teacher", "cache", "distill", "eval")
+RANGES |= {"slurm.eval_shards": _POSITIVE, **{f"slurm.{step}.{key}": _POSITIVE for step in SLURM_STEPS for key in (
+    "nodes", "cpus_per_task", "ntasks_per_node", "procs_per_node")}, **{f"slurm.{step}.gpus_per_node": _NON_NEGATIVE
+                                                                         for step in SLURM_STEPS}}
 STAGE_RANGES = {"lr": _POSITIVE, "epochs": _NON_NEGATIVE, "steps": _NON_NEGATIVE, "warmup_steps": _NON_NEGATIVE}
 
 
@@ -458,5 +491,14 @@ def check_config(cfg: RunConfig) -> None:
         if cfg.distill.teacher_cache:
             raise ConfigError("distill.teacher_cache: caches per-token outputs (NER); data.task sequence runs the "
                               "teacher on the fly (distill.teacher_cache: null)")
+    for step in SLURM_STEPS:
+        time = getattr(cfg.slurm, step).time
+        if time is not None:
+            from xdt.slurm.render import time_seconds
+
+            try:
+                time_seconds(time)
+            except XdtError as err:
+                raise ConfigError(f"slurm.{step}.time: {str(err).partition(': ')[2]}") from None
     if cfg.distill.strategy is None and not cfg.stages:
         raise ConfigError("stages: empty while distill.strategy is null; name a strategy or list the stages")

@@ -26,7 +26,7 @@ RUN_RECORD = "xdt_run.json"
 RUN_FOLDER_EXTRAS = {"slurm"}
 # Config keys that may change between attempts of one run: where it is, how it checkpoints, what it evaluates.
 VOLATILE_KEYS = ("output.dir", "output.resume", "output.checkpoint_every", "output.keep_last", "output.stop_file",
-                 "output.tensorboard", "data.cache_dir", "eval.")
+                 "output.tensorboard", "data.cache_dir", "eval.", "slurm.")
 
 
 def overlap(out: str | Path, inputs) -> tuple[str, str] | None:

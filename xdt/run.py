@@ -22,6 +22,9 @@ from xdt.engine.distributed import init_distributed, is_main
 
 log = logging.getLogger(__name__)
 
+# Completion notes in output.dir, written after everything else of their step
+TEACHER_DONE, DISTILL_DONE = "teacher_done.json", "distill_done.json"
+
 
 def prepare(cfg: RunConfig):
     """(data folder, tokenizer, task data) for a run: mock data and vocabulary generated when asked."""
@@ -201,7 +204,7 @@ def train_teacher_step(cfg: RunConfig, data, out: Path) -> dict:
     from xdt.distill.classify import loop_kwargs
     from xdt.distill.teacher_train import train_teacher
 
-    done = out / "teacher_done.json"
+    done = out / TEACHER_DONE
     if cfg.output.resume == "auto" and done.exists():
         return json.loads(done.read_text())
     result = train_teacher(cfg, data, out, task=cfg.data.task, **loop_kwargs(cfg, data))
@@ -305,8 +308,11 @@ def distill_step(cfg: RunConfig, data, teacher_dir: Path, out: Path) -> dict:
              "student_parameters": count_parameters(student)}  # full sizes, also when partitioned
     result = distill(cfg, data, teacher, student, out, dev, dtype, cache=cache, teacher_config=tcfg,
                      **loop_kwargs(cfg, data))
-    return {"path": str(result.path), "best_dev_f1": result.best_dev_f1, "steps": result.steps,
-            "history": result.history, "teacher_loaded": teacher is not None, **sizes}
+    summary = {"path": str(result.path), "best_dev_f1": result.best_dev_f1, "steps": result.steps,
+               "history": result.history, "teacher_loaded": teacher is not None, **sizes}
+    if is_main():  # written last: what marks the distillation finished (`xdt slurm pipeline` reads it)
+        (out / DISTILL_DONE).write_text(json.dumps({k: v for k, v in summary.items() if k != "history"}))
+    return summary
 
 
 def evaluate_step(cfg: RunConfig, student_dir: Path, teacher_dir: Path, data_dir: Path, out: Path) -> dict:

@@ -1,4 +1,4 @@
-"""argparse wiring of `xdt slurm submit|status|eval`. `xdt/cli.py` calls `add_slurm_parser(sub)`.
+"""argparse wiring of `xdt slurm submit|status|eval|pipeline`. `xdt/cli.py` calls `add_slurm_parser(sub)`.
 
 Each `func` returns an int exit code: 0 success; bad input (a flag, a config key, sbatch refusing the job) raises
 XdtError, which xdt.cli.main prints as one line and turns into exit code 2.
@@ -28,8 +28,9 @@ def _submit(args: argparse.Namespace) -> int:
     from xdt.slurm.submit import record, sbatch, write_script
     from xdt.slurm.train_job import RESUME_KEY, build_train_job, resume_supported
 
-    job = build_train_job(args.config, args.overrides, _resources(args), args.job_command,
-                          resume=not args.no_resume)
+    res = _resources(args)
+    job = build_train_job(args.config, args.overrides, res, args.job_command, resume=not args.no_resume)
+    _preflight([("", res)], args.dry_run)
     write_script(job.script, job.text)
     if not args.no_resume and not resume_supported():
         print(f"xdt: warning: this xdt has no {RESUME_KEY} key: a requeued job starts over", file=sys.stderr)
@@ -45,9 +46,55 @@ def _submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preflight(jobs, dry_run: bool) -> None:
+    """The cluster checks of xdt/slurm/preflight.py; a dry run without a cluster to ask says so and goes on."""
+    from xdt.slurm.preflight import preflight
+
+    skipped = preflight(jobs, required=not dry_run)
+    if skipped:
+        print(f"xdt: note: {skipped}", file=sys.stderr)
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    from xdt.slurm import pipeline as pl
+
+    common = {key: getattr(args, key) for key in ("nodes", "gpus_per_node", "cpus_per_task", "ntasks_per_node",
+                                                  "procs_per_node", "time", "partition", "account")}
+    shared = {"python": args.python, "setup": args.setup or [], "env": args.env or [],
+              "sbatch_options": args.sbatch_option or [], "port": args.port}
+    if args.signal_seconds is not None:
+        shared["signal_seconds"] = args.signal_seconds
+    states = None
+    if args.dry_run:  # a dry run away from the cluster still prints the plan
+        def states(ids):
+            try:
+                return pl.scontrol_states(ids)
+            except XdtError:
+                return {}
+    pipe = pl.plan(args.config, args.overrides, common, pl.parse_step_resources(args.step_resources or []),
+                   shared, eval_shards=args.eval_shards, job_prefix=args.job_name, job_states=states)
+    _preflight([(f"step {s.name}: ", s.res) for s in pipe.to_submit()], args.dry_run)
+    if args.dry_run:
+        pl.write_scripts(pipe)
+    else:
+        pl.submit(pipe)
+    pl.print_submission(pipe, args.dry_run)
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     from xdt.slurm.status import format_status, job_status
 
+    if args.pipeline:
+        from xdt.slurm.pipeline import format_pipeline_status, pipeline_status
+
+        if args.job_id:
+            raise XdtError("xdt slurm status: give JOBID or --pipeline OUTPUT_DIR, not both")
+        status = pipeline_status(args.pipeline)
+        print(json.dumps(status, indent=2) if args.json else format_pipeline_status(status))
+        return 0
+    if not args.job_id:
+        raise XdtError("xdt slurm status: JOBID or --pipeline OUTPUT_DIR required")
     status = job_status(args.job_id, args.output_dir)
     print(json.dumps(status, indent=2) if args.json else format_status(status))
     return 0
@@ -63,7 +110,9 @@ def _eval(args: argparse.Namespace) -> int:
                     langs=args.langs, split=args.split, format=args.format, teacher=args.teacher,
                     tokenizer=args.tokenizer, batch_size=args.batch_size, max_seq_length=args.max_seq_length,
                     max_sentences=args.max_sentences, allow_missing=args.allow_missing, device=args.device)
-    jobs = build_eval_jobs(spec, _resources(args))
+    res = _resources(args)
+    jobs = build_eval_jobs(spec, res)
+    _preflight([("", res)], args.dry_run)
     write_script(jobs.array_script, jobs.array_text)
     write_script(jobs.merge_script, jobs.merge_text)
     if args.dry_run:
@@ -130,8 +179,12 @@ def add_slurm_parser(subparsers) -> None:
     _add_resource_args(submit, training=True)
     submit.set_defaults(func=_submit)
 
-    status = actions.add_parser("status", help="a job's state and the newest checkpoint of its run")
-    status.add_argument("job_id", metavar="JOBID")
+    status = actions.add_parser("status", help="a job's state and the newest checkpoint of its run; or each step "
+                                               "of a pipeline (--pipeline)")
+    status.add_argument("job_id", metavar="JOBID", nargs="?")
+    status.add_argument("--pipeline", metavar="OUTPUT_DIR",
+                        help="every step of the pipeline submitted for this run folder: state, jobs, checkpoint, "
+                             "and the report once it is there")
     status.add_argument("--output-dir", help="run folder (default: the one named in the job's script)")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.set_defaults(func=_status)
@@ -158,6 +211,28 @@ def add_slurm_parser(subparsers) -> None:
                                            "and logs in OUT/slurm")
     _add_resource_args(ev, training=False)
     ev.set_defaults(func=_eval)
+
+    pipe = actions.add_parser(
+        "pipeline", help="the whole reproduction as chained jobs: teacher, teacher cache, distillation, evaluation",
+        description="Submit `xdt teacher train`, `xdt teacher cache` (when distill.teacher_cache is set), `xdt "
+                    "distill` (teacher.model: the fine-tuned teacher) and the evaluation array + merge (the "
+                    "student beside the teacher, as `xdt run` reports), each after the one before "
+                    "(--dependency=afterok, --kill-on-invalid-dep=yes: a failed step cancels the rest). A step "
+                    "already finished, or whose job from an earlier submission is still queued or running, is not "
+                    "submitted again: resubmitting continues a half-done pipeline. Record: "
+                    "OUTPUT/slurm/pipeline.json; follow with `xdt slurm status --pipeline OUTPUT`. Resources, "
+                    "later winning: the defaults, the config's slurm: section (slurm.<step>), the flags below "
+                    "(every training step; an evaluation shard is one process on one node), --step-resources.")
+    pipe.add_argument("config", help="run config YAML")
+    pipe.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, as for `xdt run`")
+    pipe.add_argument("--step-resources", action="append", metavar="STEP:KEY=VALUE[,KEY=VALUE]",
+                      help="resources of one step (teacher, cache, distill, eval), keys as in slurm.<step>: nodes, "
+                           "gpus_per_node, cpus_per_task, ntasks_per_node, procs_per_node, time, partition, "
+                           "account; e.g. teacher:nodes=2,gpus_per_node=4,time=04:00:00 (repeatable)")
+    pipe.add_argument("--eval-shards", type=int, help="evaluation array tasks (default: slurm.eval_shards, 1)")
+    _add_resource_args(pipe, training=True)
+    pipe.set_defaults(func=_pipeline, nodes=None, gpus_per_node=None, cpus_per_task=None, ntasks_per_node=None,
+                      signal_seconds=None)
 
 
 def main(argv: list[str] | None = None) -> int:

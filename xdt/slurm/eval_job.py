@@ -44,15 +44,18 @@ class EvalSpec:
             return list(load_suite(self.suite).languages)
         return None
 
-    def check(self) -> None:
+    def check(self, pending: tuple[str, ...] = ()) -> None:
+        """`pending`: model folders that jobs this one waits on will write (not there yet)."""
         if self.shards < 1:
             raise XdtError(f"--shards: expected a positive integer, got {self.shards}")
         langs = self.languages()
         if langs is not None and self.shards > len(langs):
             raise XdtError(f"--shards {self.shards}: more shards than the {len(langs)} language(s) requested; "
                            f"use --shards {len(langs)} or fewer")
-        if not Path(self.model).exists():
+        if self.model not in pending and not Path(self.model).exists():
             raise XdtError(f"--model {self.model}: not found")
+        if self.teacher and self.teacher not in pending and not Path(self.teacher).exists():
+            raise XdtError(f"--teacher {self.teacher}: not found")
         for path in self.data:
             if not path.startswith("hf:") and not Path(path).exists():
                 raise XdtError(f"--data {path}: not found")
@@ -90,14 +93,17 @@ class EvalJobs:
         return [f"--dependency=afterok:{array_job_id}", "--kill-on-invalid-dep=yes"]
 
 
-def build_eval_jobs(spec: EvalSpec, res: Resources) -> EvalJobs:
+def build_eval_jobs(spec: EvalSpec, res: Resources, pending: tuple[str, ...] = (),
+                    stale_ok: bool = False) -> EvalJobs:
+    """`pending`: as EvalSpec.check. `stale_ok`: the caller clears OUT/shards and OUT/report before submitting
+    (`xdt slurm pipeline` redoing an evaluation of its own that did not finish)."""
     res.check()
     if res.nodes != 1 or res.ntasks_per_node != 1:
         raise XdtError("--nodes/--ntasks-per-node: each evaluation shard is one process on one node; "
                        "spread the work with --shards")
-    spec.check()
+    spec.check(pending)
     out = Path(safe_path(spec.out, "--out"))
-    for sub in ("shards", "report"):  # the merge writes OUT/report, never over the shards it reads
+    for sub in ("shards", "report") if not stale_ok else ():  # the merge writes OUT/report, never over the shards
         if (out / sub).is_dir() and any((out / sub).iterdir()):
             raise XdtError(f"--out {out}: {sub}/ holds an earlier evaluation; choose another --out")
     job_name = res.job_name or f"xdt-eval-{out.name}"

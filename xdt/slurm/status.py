@@ -74,9 +74,10 @@ def output_dir_of(jobs: list[dict[str, str]]) -> Path | None:
     return None
 
 
-def newest_checkpoint(output_dir: Path) -> dict | None:
-    """The newest DeepSpeed checkpoint under OUTPUT/checkpoints: a `latest` file naming an existing tag folder."""
-    root = output_dir / "checkpoints"
+def newest_checkpoint(output_dir: Path, part: str | None = None) -> dict | None:
+    """The newest DeepSpeed checkpoint under OUTPUT/checkpoints (`part`: under OUTPUT/checkpoints/<part> only, e.g.
+    teacher or distill): a `latest` file naming an existing tag folder."""
+    root = output_dir / "checkpoints" / (part or "")
     found = []
     for latest in root.rglob("latest") if root.is_dir() else []:
         if not latest.is_file():

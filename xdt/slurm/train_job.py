@@ -67,11 +67,13 @@ def load_job_config(config: str, overrides: list[str], command: str) -> RunConfi
 
 
 def build_train_job(config: str, overrides: list[str], res: Resources, command: str = "run",
-                    resume: bool = True, module: str = "xdt") -> TrainJob:
+                    resume: bool = True, module: str = "xdt", cfg: RunConfig | None = None) -> TrainJob:
     """Check the config and the resources, and render slurm/train.sbatch for them. `module`: what every rank runs
-    with `python -m` (xdt; the tests run a probe with the same arguments)."""
+    with `python -m` (xdt; the tests run a probe with the same arguments). `cfg`: the config already checked by the
+    caller (`xdt slurm pipeline`: overrides may name folders that earlier jobs of the pipeline will write)."""
     res.check()
-    cfg = load_job_config(config, overrides, command)
+    if cfg is None:
+        cfg = load_job_config(config, overrides, command)
     output_dir = Path(safe_path(cfg.output.dir, "output.dir"))
     config_path = safe_path(config, "CONFIG")
     workdir = safe_path(Path.cwd(), "the current directory (the job's --chdir)")
