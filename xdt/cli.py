@@ -160,6 +160,24 @@ def _data_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_fetch(args: argparse.Namespace) -> int:
+    from xdt.data.fetch import FetchRequest, fetch_wikiann
+    from xdt.languages import parse_langs
+
+    if bool(args.langs) == bool(args.suite):
+        raise XdtError("xdt data fetch: pass one of --langs a,b or --suite NAME")
+    if args.suite:
+        from xdt.eval.suites import load_suite
+
+        langs = list(load_suite(args.suite).languages)
+    else:
+        langs = parse_langs(args.langs)
+    result = fetch_wikiann(FetchRequest(tuple(langs), Path(args.out), args.source, args.revision, args.overwrite,
+                                        args.allow_missing))
+    print("\n".join(result.summary()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xdt",
@@ -170,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    data = sub.add_parser("data", help="inspect data files")
+    data = sub.add_parser("data", help="inspect and fetch data files")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     inspect = data_sub.add_parser(
         "inspect", help="sentences, words, tags per language; with --tokenizer, how they align",
@@ -192,6 +210,25 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--no-cache", action="store_true", help="align without reading or writing the cache")
     inspect.add_argument("--json", action="store_true", help="print one JSON object")
     inspect.set_defaults(func=_data_inspect)
+    fetch = data_sub.add_parser(
+        "fetch", help="download WikiAnn (HF hub or a local save_to_disk copy) into a folder xdt reads offline",
+        description="The HF wikiann configuration of each language -> DIR/{train,dev,test}-{lang}.tsv (the XTREME "
+                    "layout that --data and data.path read) and DIR/manifest.json (source, revision, counts, "
+                    "sha256; `xdt data inspect DIR` checks it). Files already in DIR are kept: the same content "
+                    "is left alone, other content is refused unless --overwrite.")
+    fetch.add_argument("dataset", choices=["wikiann"], help="the dataset to fetch")
+    fetch.add_argument("--langs", help="comma-separated WikiAnn language codes, e.g. de,en,ar")
+    fetch.add_argument("--suite", help="the languages of an eval suite (e.g. wikiann41, or a suite YAML path)")
+    fetch.add_argument("--out", required=True, help="folder to write or add to")
+    fetch.add_argument("--source", default="unimelb-nlp/wikiann",
+                       help="HF hub dataset id (default unimelb-nlp/wikiann; needs internet) or a folder holding "
+                            "DatasetDict.save_to_disk copies SRC/<lang>/ (offline)")
+    fetch.add_argument("--revision", help="hub source: branch, tag or commit (default: main, pinned to its commit)")
+    fetch.add_argument("--overwrite", action="store_true",
+                       help="replace files in --out whose content differs (others are kept)")
+    fetch.add_argument("--allow-missing", action="store_true",
+                       help="skip languages a --source folder lacks (listed) instead of failing")
+    fetch.set_defaults(func=_data_fetch)
 
     run = sub.add_parser("run", help="teacher, distillation, export and per-language eval in one command",
                          description="With no CONFIG: configs/quickstart.yaml (mock data, offline, CPU, minutes).")

@@ -11,7 +11,8 @@ from seqeval.metrics.sequence_labeling import get_entities
 
 from xdt.data.align import Aligner
 from xdt.data.cache import align_cached, file_digest
-from xdt.data.discover import discover, read_source
+from xdt.data.discover import canonical_split, discover, read_source
+from xdt.data.manifest import MANIFEST, verify_manifest
 from xdt.data.readers import ReadOptions, ReadReport
 from xdt.data.scheme import opens_with
 from xdt.data.sentence import Sentence
@@ -87,6 +88,11 @@ def inspect_data(path: str | Path, split: str | None = None, langs: list[str] | 
     opts = opts or ReadOptions()
     report = ReadReport()
     wanted = set(langs) if langs else None
+    # A folder from `xdt data fetch` is checked against its manifest first: a changed file is named as changed,
+    # not only as whatever the reader trips over in it.
+    check = None
+    if not str(path).startswith("hf:") and Path(path).is_dir():
+        check = verify_manifest(path, langs, [canonical_split(split)] if split else None)
     per_split: dict[str, dict[str, _LangAccumulator]] = {}
     formats = set()
     for source in discover(path, split, fmt):
@@ -135,6 +141,8 @@ def inspect_data(path: str | Path, split: str | None = None, langs: list[str] | 
         "converted": report.converted,
         "repairs": sum(acc.repairs for acc in totals.values()),
     }
+    if check is not None:
+        result["manifest"] = check.to_json()
     if aligned:
         result["tokenizer"] = str(aligner.tokenizer.name_or_path)
         result["max_seq_length"] = aligner.max_seq_length
@@ -162,6 +170,9 @@ def format_table(result: dict) -> str:
         lines.append(f"skipped {result['skipped_lines']} malformed line(s):")
         lines += [f"  {s}" for s in result["skipped"]]
     lines += [f"converted {c}" for c in result["converted"]]
+    if manifest := result.get("manifest"):
+        lines.append(f"{MANIFEST}: {manifest['verified_files']} file(s) match (sha256, sentences, tokens)"
+                     + (f"; not listed in it: {' '.join(manifest['unlisted'])}" if manifest["unlisted"] else ""))
     if result["repairs"]:
         per_lang = ", ".join(f"{lang} {st['repairs']}" for lang, st in result["languages"].items() if st.get("repairs"))
         lines.append(f"repaired {result['repairs']} entities that open with I-X after O or another type ({per_lang}): "
