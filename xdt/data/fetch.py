@@ -230,11 +230,13 @@ def fetch_wikiann(request: FetchRequest) -> FetchResult:
     if not langs:
         raise XdtError(f"--source {source.where} holds none of the languages asked for ({' '.join(missing)})")
 
-    # Staged beside the real folder (`--out .` or a link to another file system): moves are then renames.
+    # Staged in a hidden folder inside an existing --out (its parent may not be writable; a link may lead to
+    # another file system), else beside it: moving into place is then a rename.
     real = out.resolve()
     created = [p for p in real.parents if not p.exists()]
     real.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{real.name}.", suffix=".partial", dir=real.parent))
+    home = real if real.is_dir() else real.parent
+    staging = Path(tempfile.mkdtemp(prefix=f".{real.name}.", suffix=".partial", dir=home))
     try:
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         records = {}
