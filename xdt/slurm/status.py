@@ -15,7 +15,7 @@ from xdt.slurm.submit import client_error, find_tool
 _FIELD = re.compile(r"(\S+?)=(.*?)(?=\s+\S+?=|$)")
 KEEP = ("JobId", "ArrayJobId", "ArrayTaskId", "JobName", "JobState", "Reason", "Restarts", "ExitCode", "RunTime",
         "TimeLimit", "SubmitTime", "StartTime", "EndTime", "NodeList", "NumNodes", "NumTasks", "Command", "WorkDir",
-        "StdOut", "Requeue", "Dependency")
+        "StdOut", "Requeue", "Dependency", "BatchHost")
 OUTPUT_MARK = "# xdt-output:"
 
 
