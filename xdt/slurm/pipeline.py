@@ -426,7 +426,7 @@ def format_pipeline_status(status: dict) -> str:
     for name, step in status["steps"].items():
         jobs = ", ".join(f"{'job' if role == 'job' else role} {j['id']} {j['state'] or '?'}"
                          for role, j in step["jobs"].items())
-        lines.append(f"{name:<8} {step['state']:<10} {jobs or '-'}")
+        lines.append(f"{name:<8} {step['state']}: {jobs or 'no job'}")
         ckpt = step["checkpoint"]
         if ckpt:
             lines.append(f"{'':<8} checkpoint {ckpt['path']} (tag {ckpt['tag']}, written {ckpt['modified']})")

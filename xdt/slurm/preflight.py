@@ -74,10 +74,11 @@ def check_job(res: Resources, partitions: dict[str, Partition], what: str = "") 
                        f"{', '.join(sorted(partitions)) or 'none'}")
     else:
         part = partitions[res.partition]
-    room = len(part.nodes) if part.max_nodes is None else min(len(part.nodes), part.max_nodes)
-    if res.nodes > room:
-        raise XdtError(f"{what}--nodes {res.nodes}: partition {part.name} allows at most {room} node(s) per job "
-                       f"({len(part.nodes)} node(s)" + (f", MaxNodes={part.max_nodes})" if part.max_nodes else ")"))
+    if res.nodes > len(part.nodes):
+        raise XdtError(f"{what}--nodes {res.nodes}: partition {part.name} has {len(part.nodes)} node(s)")
+    if part.max_nodes is not None and res.nodes > part.max_nodes:
+        raise XdtError(f"{what}--nodes {res.nodes}: partition {part.name} allows {part.max_nodes} node(s) per job "
+                       "(MaxNodes)")
     cpus = res.cpus_per_task * res.ntasks_per_node
     if cpus > part.cpus_per_node:
         raise XdtError(f"{what}--cpus-per-task {res.cpus_per_task}" +
