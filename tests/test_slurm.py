@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -81,8 +80,9 @@ def test_usr1_reaches_every_rank_and_the_job_requeues_itself(cluster, tmp_path, 
         assert scontrol_jobs(job_id)[0]["JobState"] in ("PENDING", "RUNNING"), logs(out)
         time.sleep(0.2)
     # torchrun named this node for the workers by its host name (--local-addr), not `localhost` (socket.getfqdn()
-    # here: the host name resolves to 127.0.0.1), which workers on other nodes could not reach
-    assert json.loads((probe / "ready-0-1").read_text())["master_addr"] == socket.gethostname() != "localhost"
+    # where the host name resolves to 127.0.0.1), which workers on other nodes could not reach
+    batch_host = scontrol_jobs(job_id)[0]["BatchHost"]
+    assert json.loads((probe / "ready-0-1").read_text())["master_addr"] == batch_host != "localhost"
     subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
     jobs = wait_job(job_id, 150)
     assert jobs[0]["JobState"] == "COMPLETED" and jobs[0]["Restarts"] == "1", f"{jobs}\n{logs(out)}"
