@@ -434,6 +434,24 @@ def test_merged_shards_equal_one_run(models, tmp_path, capsys):
 
 
 @needs_data
+def test_merged_shards_with_a_teacher_equal_one_run(models, tmp_path):
+    """Shards of unequal size (2 and 1 languages): the teacher's per-shard aggregates differ and are recomputed."""
+    common = ["--model", str(models["bert"]), "--teacher", str(models["bert"]), "--data", str(XTREME), "--langs",
+              "af,hi,ms", "--max-sentences", "60", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+    assert eval_main(["eval", *common, "--out", str(tmp_path / "single")]) == 0
+    for i in range(2):
+        assert eval_main(["eval", *common, "--shard", f"{i}/2", "--out", str(tmp_path / f"s{i}")]) == 0
+    merged = merge_reports([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged")
+    single = json.loads((tmp_path / "single" / "report.json").read_text())
+    merged = json.loads((tmp_path / "merged" / "report.json").read_text())
+    for report in (single, merged):
+        report.pop("timing")
+        for entry in [*report["languages"].values(), *report["teacher"]["languages"].values()]:
+            entry.pop("seconds", None)
+    assert merged == single and merged["teacher"]["languages_scored"] == 3
+
+
+@needs_data
 def test_cached_alignment_gives_the_same_report(models, tmp_path):
     kw = dict(langs=["tl"], max_sentences=100, cache_dir=str(tmp_path / "cache"))
     first = evaluate(options(models["bert"], tmp_path / "a", **kw))

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from xdt.errors import XdtError
-from xdt.eval.report import finalize, write_all
+from xdt.eval.report import aggregate, finalize, write_all
 from xdt.outputs import check_out, staged_folder
 
 # Keys every shard must agree on (a merge of different models or data would be meaningless).
@@ -44,7 +44,8 @@ def _teacher_identity(report: dict, where: Path) -> dict | None:
     teacher = report.get("teacher")
     if teacher is None:
         return None
-    out = {k: v for k, v in teacher.items() if k not in ("languages", "model")}
+    recomputed = {"languages", "model", *aggregate({})}  # finalize recomputes them over the merged languages
+    out = {k: v for k, v in teacher.items() if k not in recomputed}
     if teacher.get("source") == "evaluated":
         out["model"] = _model_identity(teacher.get("model"), where / "report.json (teacher)")
     return out
