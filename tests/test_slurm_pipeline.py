@@ -110,7 +110,8 @@ def test_the_pipeline_runs_every_step_in_order_and_reports_like_xdt_run(finished
     from xdt.distill.teacher_cache import teacher_weights_hash
 
     assert manifest["teacher_hash"] == teacher_weights_hash(out / "teacher")
-    assert json.loads((out / "distill_done.json").read_text())["path"] == str(out / "student_best")
+    distilled = json.loads((out / "distill_done.json").read_text())
+    assert distilled["path"] == str(out / "student_best") and distilled["teacher_loaded"] is False  # the cache served
     assert f"teacher.model={out}/teacher" in (out / "slurm" / f"xdt-distill-{out.name}.sbatch").read_text()
 
     code, printed, err = xdt(["slurm", "status", "--pipeline", str(out)])
