@@ -5,8 +5,10 @@ Part 1 (eval path): the first `--max-sentences-per-lang` test sentences of `--la
 each: 55,211 words) from ../shared/data/wikiann/xtreme, and a random BERT token classifier with the real mBERT
 vocabulary in a student shape (default l6-h256; or --model DIR). Every path starts from the same word-tokenized
 sentences and ends with one label per word, tokenization included, fp32, same threads:
-  - xdt: the model loaded by `xdt.eval.model.load_model` (as `xdt eval` loads it) -> Aligner (windows, first
-    sub-word slots) -> `predict_label_ids` (length-sorted batches, dynamic padding) -> label names;
+  - xdt: the model loaded by `xdt.eval.model.load_model` with `xdt eval`'s defaults (`--precision auto`: on a CPU
+    with native bf16 dot products, bf16 matmuls with an fp32 re-check, xdt.eval.bf16_bert) -> Aligner (windows,
+    first sub-word slots) -> `predict_label_ids` (length-sorted batches, dynamic padding) -> label names;
+  - xdt at `--precision fp32` (xdt.eval.fast_bert alone), in the same rounds;
   - sorted HF loop (the baseline that counts): fast tokenizer over all sentences (`is_split_into_words`,
     `truncation=True, max_length=L`), sentences sorted by sub-word count, batches of `--hf-batch-size` (32) padded
     by `tokenizer.pad`, `torch.inference_mode()`, argmax, the label of each word's first sub-word;
@@ -20,7 +22,9 @@ sentences and ends with one label per word, tokenization included, fp32, same th
   Achieved GFLOP/s: the FLOPs of an unpruned forward over xdt's padded batches (matmuls and attention; the formula
   without attention is checked against torch's FlopCounterMode on one batch, which does not count CPU attention)
   per CPU second of the xdt path, beside the machine's fp32 matmul peak measured here (a 2048^3 `torch.mm`, best
-  of 3, at the same threads) at start and end.
+  of 3, at the same threads) at start and end, and the bf16 one (the same product in bf16).
+  The re-check (untimed, after the rounds, over all compared words): windows and words re-checked by a fresh default
+  model, the labels of bf16 alone (no re-check) that differ from fp32's, and the largest |bf16 - fp32| logit.
 
 Part 2 (paper protocol): latency at batch 1 and throughput at batch 32 for sequence length 32, random weights and
 token ids, for an mBERT-shaped teacher (BERT-base, 119547 vocabulary) and the XtremeDistilTransformers student
@@ -158,9 +162,9 @@ def run_trainer(model, tokenizer, sentences, label2id, id2label, max_len, batch_
             for row, labels in zip(best, out.label_ids)]
 
 
-def matmul_peak_gflops(n: int = 2048) -> float:
-    """fp32 GFLOP/s of one large square matmul at the current threads (best of 3): the machine's practical limit."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak_gflops(n: int = 2048, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of one large square matmul at the current threads (best of 3): the machine's practical limit."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(3):
@@ -197,6 +201,52 @@ def eval_flops(model, tokenizer, sentences, max_len, batch_size) -> tuple[int, d
                    "formula_over_counter": round(formula / counted, 4)}
 
 
+def peaks() -> dict:
+    return {"fp32": matmul_peak_gflops(), "bf16": matmul_peak_gflops(dtype=torch.bfloat16)}
+
+
+SAFETY_NOTE = ("threshold = SAFETY x the worst |d(l_a - l_c)| / (|h| |W_a - W_c|) on CALIBRATION_WINDOWS windows, "
+               "at least FLOOR (xdt.eval.bf16_bert)")
+
+
+def recheck_report(folder, tokenizer, sentences, max_len, batch_size) -> dict:
+    """What bf16 alone would get wrong on these words and what the re-check of a fresh default model did."""
+    from xdt.eval.bf16_bert import Bf16RecheckBertTokenClassifier
+    from xdt.eval.model import load_model
+
+    fresh = load_model(folder, device="cpu", dtype="fp32")  # the default, as `xdt eval` loads it
+    if not isinstance(fresh.model, Bf16RecheckBertTokenClassifier):
+        return {"precision": fresh.precision, "skipped": "the default runs fp32 here (no native bf16, or not BERT)"}
+    features = Aligner(tokenizer, max_len).align(sentences)
+    pad = tokenizer.pad_token_id
+    cpu = torch.device("cpu")
+    fp32 = fresh.model.exact
+    labels = predict_label_ids(fresh.model, features, batch_size, pad, cpu)
+    stats = fresh.model.stats
+    alone = Bf16RecheckBertTokenClassifier(fresh.model.hf, threshold=0.0)  # threshold 0: no re-check
+    exact = predict_label_ids(fp32, features, batch_size, pad, cpu)
+    bf16_only = predict_label_ids(alone, features, batch_size, pad, cpu)
+    max_delta, max_ratio = 0.0, 0.0
+    with torch.no_grad():
+        for _, ids, mask, words in padded_batches(features, batch_size, pad):
+            ids, mask, rows = torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(words >= 0)
+            h = alone.hidden_bf16(ids, mask, rows.reshape(-1).nonzero().squeeze(1))
+            got = torch.addmm(alone.cls_b, h, alone.cls_w.t())
+            want = fp32(input_ids=ids, attention_mask=mask, rows=rows).logits
+            max_delta = max(max_delta, float((got - want).abs().max()))
+            max_ratio = max(max_ratio, alone.error_ratio(h, got, want))
+    return {"precision": fresh.precision, "threshold": stats.threshold, "threshold_rule": SAFETY_NOTE,
+            "calibration_ratio": stats.calibration_ratio,
+            "calibration_predicted_token_share": stats.calibration_recheck_share,
+            "max_error_ratio_all_words": max_ratio,
+            **stats.as_dict(),
+            "share_windows_rechecked": round(stats.rechecked_windows / stats.windows, 4),
+            "share_words_rechecked": round(stats.rechecked_words / stats.words, 4),
+            "labels_differing_bf16_alone": int((bf16_only != exact).sum()),
+            "labels_differing_after_recheck": int((labels != exact).sum()),
+            "max_abs_delta_logit": max_delta}
+
+
 def part_eval(args) -> dict:
     from seqeval.metrics import f1_score
     from transformers import AutoModelForTokenClassification
@@ -209,7 +259,8 @@ def part_eval(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.model) if args.model else random_model(
             Path(tmp) / "model", DATA / "vocab" / "bert-base-multilingual-cased", args.shape)
-        loaded = load_model(folder, device="cpu", dtype="fp32")  # what `xdt eval` runs
+        loaded = load_model(folder, device="cpu", dtype="fp32")  # what `xdt eval` runs by default (auto precision)
+        fp32 = load_model(folder, device="cpu", dtype="fp32", precision="fp32")
         hf_model = AutoModelForTokenClassification.from_pretrained(str(folder), use_safetensors=True).eval()
         tokenizer = loaded.tokenizer
         id2label = {int(k): v for k, v in hf_model.config.id2label.items()}
@@ -220,10 +271,11 @@ def part_eval(args) -> dict:
         gold = [list(s.tags) for s in sentences]
         words = sum(len(s.words) for s in sentences)
         flops, flop_check = eval_flops(hf_model, tokenizer, sentences, args.max_seq_length, args.batch_size)
-        peak_start = matmul_peak_gflops()
+        peak_start = peaks()
 
         paths = {
             "xdt": lambda: run_xdt(loaded, sentences, args.max_seq_length, args.batch_size),
+            "xdt_fp32": lambda: run_xdt(fp32, sentences, args.max_seq_length, args.batch_size),
             "sorted_hf_loop": lambda: run_sorted_loop(hf_model, tokenizer, sentences, id2label, args.max_seq_length,
                                                       args.hf_batch_size),
         }
@@ -236,6 +288,7 @@ def part_eval(args) -> dict:
                                                            Path(tmp) / "trainer")
         warm = sentences[:200]  # first calls pay for allocations and lazy imports
         run_xdt(loaded, warm, args.max_seq_length, args.batch_size)
+        run_xdt(fp32, warm, args.max_seq_length, args.batch_size)
         run_sorted_loop(hf_model, tokenizer, warm, id2label, args.max_seq_length, args.hf_batch_size)
         cpu = {name: [] for name in paths}
         wall = {name: [] for name in paths}
@@ -246,7 +299,8 @@ def part_eval(args) -> dict:
                 preds[name] = paths[name]()
                 cpu[name].append(time.process_time() - c0)
                 wall[name].append(time.perf_counter() - w0)
-        peak_end = matmul_peak_gflops()
+        peak_end = peaks()
+        recheck = recheck_report(folder, tokenizer, sentences, args.max_seq_length, args.batch_size)
         model_name = str(args.model or f"random BERT {args.shape} (mBERT vocabulary)")
         architecture = loaded.architecture
 
@@ -265,7 +319,7 @@ def part_eval(args) -> dict:
         "languages": list(data.languages), "sentences_read": len(all_sentences), "sentences_compared": len(sentences),
         "words_compared": words, "batch_size_xdt": args.batch_size, "batch_size_hf": args.hf_batch_size,
         "max_seq_length": args.max_seq_length, "model": model_name, "xdt_architecture": architecture,
-        "rounds": args.rounds,
+        "xdt_precision": loaded.precision, "rounds": args.rounds,
         "statistic": "median over rounds of per-round ratios (other path's time / xdt's time); order rotated",
         "cpu_seconds": {k: [round(t, 3) for t in v] for k, v in cpu.items()},
         "wall_seconds": {k: [round(t, 3) for t in v] for k, v in wall.items()},
@@ -276,9 +330,11 @@ def part_eval(args) -> dict:
                   "xdt_achieved_gflops_per_cpu_s": round(flops / statistics.median(cpu["xdt"]) / 1e9, 1),
                   "sorted_hf_loop_achieved_gflops_per_cpu_s":
                       round(flops / statistics.median(cpu["sorted_hf_loop"]) / 1e9, 1),
-                  "matmul_peak_gflops": {"start": round(peak_start, 1), "end": round(peak_end, 1)},
-                  "xdt_share_of_peak": round(flops / statistics.median(cpu["xdt"]) / 1e9
-                                             / max(peak_start, peak_end), 3)},
+                  "matmul_peak_gflops": {k: {"start": round(peak_start[k], 1), "end": round(peak_end[k], 1)}
+                                         for k in peak_start},
+                  **{f"xdt_share_of_{k}_peak": round(flops / statistics.median(cpu["xdt"]) / 1e9
+                                                     / max(peak_start[k], peak_end[k]), 3) for k in peak_start}},
+        "recheck": recheck,
         "how_compared": "sentences whose sub-words (with [CLS]/[SEP]) fit max_seq_length and whose every word "
                         "has a sub-word, so HF truncation drops no word; tokenization included",
     }
@@ -286,6 +342,7 @@ def part_eval(args) -> dict:
     v["pass"] = bool(v["identical_labels"] and v["cpu_time_ratio"] >= GOAL)
     if "trainer_predict" in paths:
         result["vs_trainer_predict"] = versus("trainer_predict")
+    result["vs_xdt_fp32"] = versus("xdt_fp32")
     if "xdt_hf_forward" in paths:
         result["vs_xdt_with_hf_forward"] = versus("xdt_hf_forward")
     return result
@@ -379,8 +436,16 @@ def main(argv: list[str] | None = None) -> int:
         parts.append(f"xdt eval {v['cpu_time_ratio']}x the sorted HF loop in CPU time ({v['wall_ratio']}x wall), "
                      f"{ev['words_compared']:,} words, {v['mismatched_words']} labels differ "
                      f"[{'PASS' if v['pass'] else 'FAIL'}: >= {GOAL}x, identical]; "
-                     f"{f['xdt_achieved_gflops_per_cpu_s']} GFLOP/s = {f['xdt_share_of_peak']:.0%} of the {max(f['matmul_peak_gflops'].values())} GFLOP/s "
-                     "matmul peak")
+                     f"{f['xdt_achieved_gflops_per_cpu_s']} GFLOP/s = {f['xdt_share_of_fp32_peak']:.0%} / "
+                     f"{f['xdt_share_of_bf16_peak']:.0%} of the fp32 / bf16 matmul peaks "
+                     f"({max(f['matmul_peak_gflops']['fp32'].values())} / "
+                     f"{max(f['matmul_peak_gflops']['bf16'].values())} GFLOP/s)")
+        parts.append(f"{ev['vs_xdt_fp32']['cpu_time_ratio']}x xdt --precision fp32")
+        rc = ev.get("recheck", {})
+        if "share_windows_rechecked" in rc:
+            parts.append(f"re-check: {rc['share_windows_rechecked']:.1%} of windows, {rc['share_words_rechecked']:.1%} "
+                         f"of words; bf16 alone {rc['labels_differing_bf16_alone']} labels differ, after "
+                         f"{rc['labels_differing_after_recheck']}; max |d logit| {rc['max_abs_delta_logit']:.3g}")
         if "vs_xdt_with_hf_forward" in ev:
             parts.append(f"{ev['vs_xdt_with_hf_forward']['cpu_time_ratio']}x xdt with the HF forward")
         if "vs_trainer_predict" in ev:

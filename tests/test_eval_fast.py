@@ -1,10 +1,13 @@
 """xdt.eval.fast_bert: the leaner CPU forward `xdt eval` runs for plain BERT models gives the HF forward's labels on
 every word of real WikiAnn sentences (random weights: near-tied logits, the hardest case for label identity), its
 logits within float rounding, the pruned last layer the same rows as the full one; other models keep HF's forward.
+xdt.eval.bf16_bert (`--precision auto` on a CPU with native bf16, or bf16): bf16 matmuls with the fp32 re-check give
+the fp32 labels on every word, while bf16 alone (threshold 0) does not; threshold inf re-checks every window.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -17,6 +20,8 @@ import torch  # noqa: E402
 
 from xdt.data.align import Aligner  # noqa: E402
 from xdt.eval.data import load_eval_data  # noqa: E402
+from xdt.errors import XdtError  # noqa: E402
+from xdt.eval.bf16_bert import Bf16RecheckBertTokenClassifier, cpu_has_native_bf16  # noqa: E402
 from xdt.eval.fast_bert import FastBertTokenClassifier, supports  # noqa: E402
 from xdt.eval.model import load_model  # noqa: E402
 from xdt.eval.predict import padded_batches, predict_label_ids  # noqa: E402
@@ -60,9 +65,9 @@ def sentences():
 
 def test_same_labels_on_every_word_and_logits_within_rounding(bert_folder, sentences):
     torch.set_num_threads(1)
-    fast = load_model(bert_folder, device="cpu", dtype="fp32")
+    fast = load_model(bert_folder, device="cpu", dtype="fp32", precision="fp32")
     plain = load_model(bert_folder, device="cpu", dtype="fp32", fast=False)
-    assert isinstance(fast.model, FastBertTokenClassifier)
+    assert isinstance(fast.model, FastBertTokenClassifier) and fast.precision == "fp32"
     assert type(plain.model).__name__ == "BertForTokenClassification"
     assert fast.architecture == plain.architecture and fast.num_parameters == plain.num_parameters
     features = Aligner(fast.tokenizer, 32).align(sentences)  # 32: long sentences split into windows too
@@ -93,7 +98,10 @@ def test_other_models_keep_the_hf_forward(tmp_path, sentences):
     distil = save(DistilBertForTokenClassification(config(DistilBertConfig, dim=32, n_layers=1, n_heads=2,
                                                           hidden_dim=64)), tmp_path / "distil")
     loaded = load_model(distil, device="cpu", dtype="fp32")
-    assert not isinstance(loaded.model, FastBertTokenClassifier)
+    assert not isinstance(loaded.model, (FastBertTokenClassifier, Bf16RecheckBertTokenClassifier))
+    assert loaded.precision == "fp32"
+    with pytest.raises(XdtError, match="--precision bf16: only a plain BERT"):
+        load_model(distil, device="cpu", dtype="fp32", precision="bf16")
     features = Aligner(loaded.tokenizer, 128).align(sentences[:50])
     assert (predict_label_ids(loaded.model, features, 8, 0, torch.device("cpu")) >= 0).all()
 
@@ -106,3 +114,65 @@ def test_other_models_keep_the_hf_forward(tmp_path, sentences):
     assert not supports(bert(hidden_act="gelu_new"))  # tanh GELU: not the exact one this forward computes
     assert not supports(bert(position_embedding_type="relative_key"))
     assert not supports(bert().train())
+
+
+need_bf16 = pytest.mark.skipif(not cpu_has_native_bf16(),
+                               reason="this CPU has no native bf16 dot products (avx512_bf16/amx_bf16): "
+                                      "`--precision auto` runs fp32 here and bf16 would be emulated")
+
+
+@pytest.fixture(scope="module")
+def deeper_folder(tmp_path_factory) -> Path:
+    """Random l4-h128: near-tied logits, where bf16 alone flips a few labels of these sentences."""
+    from transformers import BertConfig, BertForTokenClassification
+
+    torch.manual_seed(1)
+    cfg = config(BertConfig, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512)
+    return save(BertForTokenClassification(cfg), tmp_path_factory.mktemp("deeper"))
+
+
+@need_bf16
+def test_bf16_with_recheck_gives_the_fp32_labels(deeper_folder, sentences):
+    torch.set_num_threads(1)
+    cpu = torch.device("cpu")
+    exact = load_model(deeper_folder, device="cpu", dtype="fp32", precision="fp32")
+    auto = load_model(deeper_folder, device="cpu", dtype="fp32")  # `xdt eval`'s default on this CPU
+    assert isinstance(auto.model, Bf16RecheckBertTokenClassifier) and auto.precision == "bf16+fp32-recheck"
+    features = Aligner(exact.tokenizer, 64).align(sentences)
+    want = predict_label_ids(exact.model, features, 32, 0, cpu)
+
+    got = predict_label_ids(auto.model, features, 32, 0, cpu)
+    stats = auto.model.stats
+    np.testing.assert_array_equal(got, want)
+    assert stats.threshold > 0 and stats.calibration_ratio > 0
+    assert 0 < stats.rechecked_windows < stats.windows  # selective: most windows keep their bf16 labels
+
+    alone = Bf16RecheckBertTokenClassifier(exact.model.hf, threshold=0.0)  # no re-check
+    flipped = predict_label_ids(alone, features, 32, 0, cpu) != want
+    assert alone.stats.rechecked_windows == 0
+    assert flipped.sum() > 0  # bf16 alone mislabels some words: the re-check is what makes them equal
+    assert stats.labels_changed == flipped.sum()  # the re-check changed exactly the words bf16 got wrong
+
+    every = Bf16RecheckBertTokenClassifier(exact.model.hf, threshold=float("inf"))
+    np.testing.assert_array_equal(predict_label_ids(every, features, 32, 0, cpu), want)
+    assert every.stats.rechecked_windows == every.stats.windows == features.num_windows
+
+
+@need_bf16
+def test_precision_option_of_xdt_eval(deeper_folder, tmp_path):
+    from xdt.cli import main as xdt_main
+
+    reports = {}
+    for precision in ("fp32", "auto"):
+        out = tmp_path / precision
+        assert xdt_main(["eval", "--model", str(deeper_folder), "--data", str(XTREME), "--langs", "de,ar",
+                         "--max-sentences", "100", "--out", str(out), "--no-cache", "--no-progress",
+                         "--threads", "1", "--precision", precision]) == 0
+        reports[precision] = json.loads((out / "report.json").read_text())
+        for lang in ("de", "ar"):
+            reports[precision][lang] = (out / "predictions" / f"{lang}.conll").read_text()
+    assert reports["fp32"]["timing"]["precision"] == "fp32" and "recheck" not in reports["fp32"]["timing"]
+    assert reports["auto"]["timing"]["precision"] == "bf16+fp32-recheck"
+    assert reports["auto"]["timing"]["recheck"]["words"] == reports["auto"]["timing"]["words"]
+    for lang in ("de", "ar"):
+        assert reports["auto"][lang] == reports["fp32"][lang]

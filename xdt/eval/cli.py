@@ -28,6 +28,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         suite=args.suite, langs=parse_langs(args.langs), split=args.split, format=args.format,
         scheme=args.scheme, tokenizer=args.tokenizer, teacher_tokenizer=args.teacher_tokenizer,
         batch_size=args.batch_size, max_seq_length=args.max_seq_length, device=args.device, dtype=args.dtype,
+        precision=args.precision,
         shard=parse_shard(args.shard) if args.shard else None, allow_missing=args.allow_missing,
         max_sentences=args.max_sentences, cache_dir=cache_dir, progress=not args.no_progress,
         threads=args.threads, overwrite=args.overwrite,
@@ -79,6 +80,10 @@ def add_eval_parser(subparsers) -> None:
                     help="sub-words per window, specials included (128); longer sentences are windowed")
     ev.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     ev.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA with bf16, fp32 on CPU), fp32, bf16, fp16")
+    ev.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="a plain BERT on the CPU: fp32, or bf16 matrix products with every word they could mislabel "
+                         "recomputed in fp32 (the fp32 labels, faster); auto: bf16 where the CPU has native bf16 "
+                         "dot products (AVX512-BF16, AMX), else fp32")
     ev.add_argument("--threads", type=int, help="CPU threads for inference (default: torch's; on a shared node "
                                                 "set it to the cores you were given)")
     ev.add_argument("--shard", metavar="I/N",

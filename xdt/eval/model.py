@@ -16,7 +16,7 @@ import torch
 
 from xdt.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from xdt.errors import XdtError
-from xdt.eval import fast_bert
+from xdt.eval import bf16_bert, fast_bert
 
 _GENERIC_LABEL = "LABEL_"
 
@@ -33,6 +33,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     max_positions: int | None
+    precision: str = "fp32"  # what the CPU forward computes in: fp32, or bf16+fp32-recheck (xdt.eval.bf16_bert)
 
     @property
     def labels(self) -> list[str]:
@@ -113,9 +114,16 @@ def _check_folder(path: Path) -> dict:
     return config
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
 def load_model(path: str | Path, tokenizer: str | Path | None = None, device: str = "auto",
-               dtype: str = "auto", fast: bool = True) -> LoadedModel:
-    """`fast`: a plain BERT on fp32 CPU runs xdt.eval.fast_bert's forward (same labels, less work)."""
+               dtype: str = "auto", fast: bool = True, precision: str = "auto") -> LoadedModel:
+    """`fast`: a plain BERT on fp32 CPU runs xdt.eval.fast_bert's forward (same labels, less work).
+    `precision` (that forward only): fp32; bf16: bf16 matmuls with an fp32 re-check of every word they could
+    mislabel (xdt.eval.bf16_bert: the fp32 labels); auto: bf16 where the CPU has native bf16 dot products."""
+    if precision not in PRECISIONS:
+        raise XdtError(f"--precision {precision!r}: expected auto, fp32 or bf16")
     from transformers import AutoModelForTokenClassification
     from transformers.utils import logging as hf_logging
 
@@ -123,6 +131,8 @@ def load_model(path: str | Path, tokenizer: str | Path | None = None, device: st
 
     path = Path(path)
     if is_onnx_folder(path):  # the deployment seam: `xdt export --format onnx` folders run with onnxruntime
+        if precision == "bf16":
+            raise XdtError(f"--precision bf16: {path} is an ONNX model, run by onnxruntime in its own precision")
         return _load_onnx(path, tokenizer, device, dtype)
     config = _check_folder(path)
     architectures = config.get("architectures") or []
@@ -157,11 +167,20 @@ def load_model(path: str | Path, tokenizer: str | Path | None = None, device: st
         max_positions -= 2  # positions start after the padding index
     architecture = type(model).__name__
     num_parameters = sum(p.numel() for p in model.parameters())
+    runs_in = "fp32" if dt == torch.float32 else str(dt).removeprefix("torch.")
     if fast and fast_bert.supports(model):
-        model = fast_bert.FastBertTokenClassifier(model)
+        if precision == "bf16" or (precision == "auto" and bf16_bert.cpu_has_native_bf16()):
+            model = bf16_bert.Bf16RecheckBertTokenClassifier(model)
+            runs_in = model.precision
+        else:
+            model = fast_bert.FastBertTokenClassifier(model)
+    elif precision == "bf16":
+        raise XdtError(f"--precision bf16: only a plain BERT token classifier in fp32 on the CPU has the bf16 "
+                       f"forward with the fp32 re-check ({path}: {architecture}, {dev.type}, {dt}); use auto or fp32")
     return LoadedModel(path=str(path), model=model, tokenizer=tok, id2label=id2label,
                        model_type=model.config.model_type, architecture=architecture,
-                       num_parameters=num_parameters, device=dev, dtype=dt, max_positions=max_positions)
+                       num_parameters=num_parameters, device=dev, dtype=dt, max_positions=max_positions,
+                       precision=runs_in)
 
 
 def _load_onnx(path: Path, tokenizer: str | Path | None, device: str, dtype: str) -> LoadedModel:

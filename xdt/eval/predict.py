@@ -16,11 +16,15 @@ from xdt.data.sentence import Sentence
 from xdt.errors import XdtError
 
 
-def padded_batches(features: AlignedFeatures, batch_size: int, pad_id: int):
+def padded_batches(features: AlignedFeatures, batch_size: int, pad_id: int, windows: np.ndarray | None = None):
     """(window indices, input_ids [b, L], attention_mask [b, L], word_index [b, L]) over windows sorted by length,
-    longest first: each batch is padded only to its own longest window, and an out-of-memory shows at once."""
+    longest first: each batch is padded only to its own longest window, and an out-of-memory shows at once.
+    `windows`: only these windows (default all)."""
     lengths = features.window_lengths()
-    order = np.argsort(-lengths, kind="stable")
+    if windows is None:
+        order = np.argsort(-lengths, kind="stable")
+    else:
+        order = windows[np.argsort(-lengths[windows], kind="stable")]
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         width = int(lengths[idx[0]])
@@ -47,17 +51,33 @@ def predict_label_ids(model: torch.nn.Module, features: AlignedFeatures, batch_s
                        "must give every word exactly one slot")
     out = np.full(total, -1, dtype=np.int64)
     rows_only = getattr(model, "scores_rows", False)  # xdt.eval.fast_bert: logits of the slots alone
+    recheck = []  # xdt.eval.bf16_bert: windows whose bf16 labels could differ from fp32's
+    if getattr(model, "needs_calibration", False):  # bf16_bert: measure its error before trusting any label
+        model.calibrate(features, batch_size, pad_id, device)
     for idx, ids, mask, words in padded_batches(features, batch_size, pad_id):
         slots = words >= 0
         inputs = {"input_ids": torch.from_numpy(ids).to(device), "attention_mask": torch.from_numpy(mask).to(device)}
         position = word_start[features.window_sentence[idx]][:, None] + words
         if rows_only:  # row-major, the order of position[slots]
-            out[position[slots]] = model(**inputs, rows=torch.from_numpy(slots)).logits.argmax(-1).cpu().numpy()
+            result = model(**inputs, rows=torch.from_numpy(slots))
+            out[position[slots]] = result.logits.argmax(-1).cpu().numpy()
+            unsafe = getattr(result, "unsafe", None)
+            if unsafe is not None and unsafe.any():
+                recheck.append(idx[unsafe.numpy()])
         else:
             best = model(**inputs).logits.argmax(-1).cpu().numpy()
             out[position[slots]] = best[slots]
         if progress is not None:
             progress.update(int(slots.sum()))
+    if recheck:  # recomputed in fp32 together, in full length-sorted batches
+        for idx, ids, mask, words in padded_batches(features, batch_size, pad_id, np.concatenate(recheck)):
+            slots = words >= 0
+            position = (word_start[features.window_sentence[idx]][:, None] + words)[slots]
+            exact = model.exact(input_ids=torch.from_numpy(ids).to(device),
+                                attention_mask=torch.from_numpy(mask).to(device),
+                                rows=torch.from_numpy(slots)).logits.argmax(-1).cpu().numpy()
+            model.note_recheck(len(idx), len(position), int((out[position] != exact).sum()))
+            out[position] = exact
     if (out < 0).any():
         raise XdtError(f"internal: {int((out < 0).sum())} words got no prediction")
     return out

@@ -44,6 +44,7 @@ class EvalOptions:
     max_seq_length: int = 128
     device: str = "auto"
     dtype: str = "auto"
+    precision: str = "auto"  # CPU BERT forward: auto (bf16 + fp32 re-check where the CPU has bf16), fp32, bf16
     shard: tuple[int, int] | None = None  # (index, count), index 0-based
     allow_missing: bool = False
     max_sentences: int | None = None  # first N sentences per language (quick checks); recorded in the report
@@ -155,6 +156,10 @@ def evaluate_model(loaded: LoadedModel, data: EvalData, opts: EvalOptions, schem
             timing[key] += dt
         timing["words"] += words
     timing = {k: round(v, 3) if isinstance(v, float) else v for k, v in timing.items()}
+    timing["precision"] = loaded.precision
+    stats = getattr(loaded.model, "stats", None)  # xdt.eval.bf16_bert: what the fp32 re-check did
+    if stats is not None:
+        timing["recheck"] = stats.as_dict()
     seconds = timing["inference_s"]
     timing["inference_words_per_s"] = round(timing["words"] / seconds, 1) if seconds else None
     return entries, timing
@@ -215,7 +220,7 @@ def evaluate(opts: EvalOptions) -> dict:
 
 def _evaluate(opts: EvalOptions, suite: Suite, data: EvalData, requested: list[str], out: Path, t_start: float,
               t_read: float) -> dict:
-    student = load_model(opts.model, opts.tokenizer, opts.device, opts.dtype)
+    student = load_model(opts.model, opts.tokenizer, opts.device, opts.dtype, precision=opts.precision)
     t_load = time.perf_counter()
     languages, timing = evaluate_model(student, data, opts, suite.scheme, out / "predictions", "model")
     timing.update({"read_data_s": round(t_read - t_start, 3), "load_model_s": round(t_load - t_read, 3)})
@@ -224,7 +229,8 @@ def _evaluate(opts: EvalOptions, suite: Suite, data: EvalData, requested: list[s
 
     teacher = None
     if opts.teacher:
-        loaded = load_model(opts.teacher, opts.teacher_tokenizer, opts.device, opts.dtype)
+        loaded = load_model(opts.teacher, opts.teacher_tokenizer, opts.device, opts.dtype,
+                            precision=opts.precision)
         t_entries, t_timing = evaluate_model(loaded, data, opts, suite.scheme, out / "teacher" / "predictions",
                                              "teacher")
         teacher = {"source": "evaluated", "model": loaded.describe(), "languages": t_entries}

@@ -1,0 +1,202 @@
+"""bf16 matrix products with an fp32 re-check: fp32 labels at bf16 speed on CPUs with native bf16 dot products.
+
+On a CPU with AVX512-BF16 (or AMX) a bf16 matmul runs ~2.5x the fp32 one, and eval time is ~80% matmuls. bf16
+changes logits slightly, so a word whose label could flip is recomputed in fp32:
+- the matrix products and attention run in bf16 (weights cast once, activations cast at each product); the residual
+  stream, the adds and LayerNorms stay fp32: rounding the residual stream itself to bf16 costs 7x the error (measured
+  on the benchmark's model: worst ratio below 2.6e-3 against 3.7e-4) for ~15% less time; the classifier runs in fp32;
+- a word's label a is safe when, for every other label c, the margin l_a - l_c exceeds
+  `threshold * |h| * |W_a - W_c|` (h the word's final hidden state, W the classifier rows): the change of l_a - l_c is
+  (W_a - W_c) . dh, so the threshold bounds bf16's error of h relative to its size, along the direction that
+  decides between the two labels. That worst ratio differs 40x between models (3.7e-4 on a random BERT, 1.9e-3 and
+  1.5e-2 on two trained ones: README), so each run measures it first on CALIBRATION_WINDOWS windows of every
+  length (computed both ways) and takes SAFETY times that, at least FLOOR;
+- the windows holding an unsafe word are recomputed by the exact fp32 forward (xdt.eval.fast_bert), batched
+  together after the bf16 pass (`predict_label_ids`), and their labels replace the bf16 ones: labels are the fp32
+  path's. Where the calibration windows say that more than GIVE_UP of the tokens would need it, bf16 costs more
+  than it saves and the run is fp32 alone (the first batches, the longest windows, are no guide to that share).
+`threshold=inf` re-checks every window (exactly the fp32 labels); `threshold=0` re-checks none (bf16 alone).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from xdt.eval.fast_bert import FastBertTokenClassifier
+
+SAFETY = 3.0  # threshold = SAFETY x the worst error ratio measured on the calibration windows
+FLOOR = 4e-4  # ... and never below ~the smallest worst ratio seen on any model (3.7e-4, the random l6-h256)
+CALIBRATION_WINDOWS = 96  # spread over the length order: the longest batch alone read 2x low on a trained model
+GIVE_UP = 0.35  # re-checking more tokens than this (bf16 costs ~0.6 of fp32) saves nothing: run fp32 alone
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where bf16 dot products are instructions (AVX512-BF16 or AMX), not emulated (slower than fp32)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    line = next((x for x in text.splitlines() if x.startswith("flags")), "")
+    return torch.backends.mkldnn.is_available() and bool({"avx512_bf16", "amx_bf16"} & set(line.split()))
+
+
+class RecheckStats:
+    """What the re-check did over a run (eval's timing and the benchmark report it)."""
+
+    def __init__(self):
+        self.windows = self.words = self.rechecked_windows = self.rechecked_words = self.labels_changed = 0
+        self.fp32_windows = 0  # windows run by fp32 alone after giving up
+        self.calibration_ratio: float | None = None
+        self.calibration_recheck_share: float | None = None  # of tokens, predicted on the calibration windows
+        self.threshold: float | None = None
+
+    def as_dict(self) -> dict:
+        return {"windows": self.windows, "words": self.words, "rechecked_windows": self.rechecked_windows,
+                "rechecked_words": self.rechecked_words, "labels_changed_by_recheck": self.labels_changed,
+                "fp32_only_windows": self.fp32_windows}
+
+
+class _Output:
+    __slots__ = ("logits", "unsafe")
+
+    def __init__(self, logits: torch.Tensor, unsafe: torch.Tensor | None):
+        self.logits, self.unsafe = logits, unsafe
+
+
+class Bf16RecheckBertTokenClassifier(torch.nn.Module):
+    """Called like FastBertTokenClassifier with `rows`; the output's `unsafe` (bool [b]) names the windows whose
+    labels bf16 cannot be trusted with: `predict_label_ids` re-runs them through `exact` (the fp32 forward)."""
+
+    scores_rows = True
+    precision = "bf16+fp32-recheck"
+
+    def __init__(self, model: torch.nn.Module, threshold: float | None = None, give_up: bool = True):
+        """`threshold`: None measures it (`calibrate`, before the first batch); inf re-checks every window, 0 none.
+        `give_up`: run fp32 alone where calibration predicts the re-check would cost more than bf16 saves."""
+        super().__init__()
+        self.exact = FastBertTokenClassifier(model)
+        self.hf = model
+        self.config = model.config
+        self.threshold = threshold
+        self.give_up = give_up
+        self.fp32_only = False
+        self.stats = RecheckStats()
+        self.layers = []
+        with torch.no_grad():
+            for p in self.exact.layers:
+                q = dict(p)  # LayerNorms stay the fp32 modules
+                for k in ("qkv", "out", "in", "ffn"):  # [out, in] contiguous bf16, the layout F.linear wants
+                    q["w_" + k] = p["w_" + k].t().contiguous().to(torch.bfloat16)
+                    q["b_" + k] = p["b_" + k].to(torch.bfloat16)
+                self.layers.append(q)
+            self.cls_w = model.classifier.weight.detach().float()
+            self.cls_b = model.classifier.bias.detach().float()
+            self.pair_norm = torch.cdist(self.cls_w, self.cls_w)  # |W_a - W_c|: the scale of a's margin over c
+
+    @torch.no_grad()
+    def hidden_bf16(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (fp32) at the `keep` rows (flat indices), with bf16 matmuls and attention."""
+        b, length = input_ids.shape
+        bf16 = torch.bfloat16
+        x = self.hf.bert.embeddings(input_ids=input_ids)  # the residual stream stays fp32 (see the module doc)
+        hidden = x.shape[-1]
+        heads = self.exact.heads
+        dim = hidden // heads
+        mask = attention_mask.bool()[:, None, None, :]
+        x = x.reshape(b * length, hidden)
+        last = len(self.layers) - 1
+        for i, p in enumerate(self.layers):
+            qkv = F.linear(x.to(bf16), p["w_qkv"], p["b_qkv"]).view(b, length, 3, heads, dim).permute(2, 0, 3, 1, 4)
+            ctx = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask)
+            ctx = ctx.transpose(1, 2).reshape(b * length, hidden)
+            if i == last:
+                ctx, x = ctx[keep], x[keep]
+            a = p["ln1"](F.linear(ctx, p["w_out"], p["b_out"]).float() + x)
+            inner = F.gelu(F.linear(a.to(bf16), p["w_in"], p["b_in"]))
+            x = p["ln2"](F.linear(inner, p["w_ffn"], p["b_ffn"]).float() + a)
+        return x
+
+    def error_ratio(self, h: torch.Tensor, logits: torch.Tensor, exact: torch.Tensor) -> float:
+        """Worst |d(l_a - l_c)| / (|h| |W_a - W_c|) over rows and label pairs: the error the threshold bounds."""
+        if not len(h):
+            return 0.0
+        d = logits - exact
+        dd = (d[:, :, None] - d[:, None, :]).abs()
+        scale = h.norm(dim=1)[:, None, None] * self.pair_norm
+        off = ~torch.eye(len(self.cls_w), dtype=torch.bool)
+        return float((dd / scale.clamp_min(1e-30))[:, off].max())
+
+    def unsafe_rows(self, h: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """bool [rows]: another label within reach of bf16's error."""
+        top = logits.argmax(1)
+        margin = logits.gather(1, top[:, None]) - logits  # [rows, labels], 0 at the top label
+        reach = self.threshold * h.norm(dim=1)[:, None] * self.pair_norm[top]
+        reach.scatter_(1, top[:, None], -1.0)  # the top label against itself never counts
+        return (margin <= reach).any(1)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.threshold is None
+
+    @torch.no_grad()
+    def calibrate(self, features, batch_size: int, pad_id: int, device: torch.device) -> None:
+        """Measure this model's bf16 error on CALIBRATION_WINDOWS windows of every length and set the threshold."""
+        from xdt.eval.predict import padded_batches
+
+        order = np.argsort(-features.window_lengths(), kind="stable")
+        sample = np.unique(order[np.linspace(0, len(order) - 1, min(len(order), CALIBRATION_WINDOWS)).astype(int)])
+        worst, seen = 0.0, []
+        for _, ids, mask, words in padded_batches(features, batch_size, pad_id, sample):
+            ids, mask, rows = (torch.from_numpy(a).to(device) for a in (ids, mask, words >= 0))
+            h = self.hidden_bf16(ids, mask, rows.reshape(-1).nonzero().squeeze(1))
+            logits = torch.addmm(self.cls_b, h, self.cls_w.t())
+            exact = self.exact(input_ids=ids, attention_mask=mask, rows=rows).logits
+            worst = max(worst, self.error_ratio(h, logits, exact))
+            seen.append((h, logits, rows, mask.sum(1)))
+        self.set_threshold(worst)
+        tokens = rechecked = 0  # the share of tokens the re-check would recompute at this threshold
+        for h, logits, rows, lengths in seen:
+            unsafe = torch.zeros(len(rows), dtype=torch.bool)
+            unsafe[rows.nonzero()[:, 0][self.unsafe_rows(h, logits)]] = True
+            tokens, rechecked = tokens + int(lengths.sum()), rechecked + int(lengths[unsafe].sum())
+        self.stats.calibration_recheck_share = rechecked / max(tokens, 1)
+        self.fp32_only = self.give_up and self.stats.calibration_recheck_share > GIVE_UP
+
+    def set_threshold(self, ratio: float) -> None:
+        self.stats.calibration_ratio = ratio
+        self.threshold = self.stats.threshold = max(FLOOR, SAFETY * ratio)
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                rows: torch.Tensor | None = None, **_) -> _Output:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if rows is None or self.fp32_only:  # full [b, L] logits, or bf16 gave up: the exact path alone
+            if rows is not None:
+                self.stats.fp32_windows += len(input_ids)
+                self.stats.windows += len(input_ids)
+                self.stats.words += int(rows.sum())
+            return _Output(self.exact(input_ids=input_ids, attention_mask=attention_mask, rows=rows).logits, None)
+        keep = rows.reshape(-1).nonzero().squeeze(1)
+        h = self.hidden_bf16(input_ids, attention_mask, keep)
+        logits = torch.addmm(self.cls_b, h, self.cls_w.t())
+        if self.threshold is None:  # not calibrated (predict_label_ids calibrates first): on this batch
+            exact = self.exact(input_ids=input_ids, attention_mask=attention_mask, rows=rows).logits
+            self.set_threshold(self.error_ratio(h, logits, exact))
+            self.stats.windows += len(input_ids)
+            self.stats.words += len(keep)
+            return _Output(exact, torch.zeros(len(input_ids), dtype=torch.bool))  # exact already
+        unsafe = torch.zeros(len(input_ids), dtype=torch.bool)
+        unsafe[rows.nonzero()[:, 0][self.unsafe_rows(h, logits)]] = True  # the window of each unsafe row
+        self.stats.windows += len(input_ids)
+        self.stats.words += len(keep)
+        return _Output(logits, unsafe)
+
+    def note_recheck(self, windows: int, words: int, changed: int) -> None:
+        self.stats.rechecked_windows += windows
+        self.stats.rechecked_words += words
+        self.stats.labels_changed += changed
