@@ -335,6 +335,7 @@ def part_eval(args) -> dict:
                   **{f"xdt_share_of_{k}_peak": round(flops / statistics.median(cpu["xdt"]) / 1e9
                                                      / max(peak_start[k], peak_end[k]), 3) for k in peak_start}},
         "recheck": recheck,
+        "xdt_timed_threshold": getattr(getattr(loaded.model, "stats", None), "threshold", None),  # set on the warm-up
         "how_compared": "sentences whose sub-words (with [CLS]/[SEP]) fit max_seq_length and whose every word "
                         "has a sub-word, so HF truncation drops no word; tokenization included",
     }
