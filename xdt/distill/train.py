@@ -227,9 +227,11 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
             # ---- one unfreeze step: what trains, optimizer, schedule, engine
             seed = cfg.seed + 1000 * s_idx + p_idx
             torch.manual_seed(seed)
-            if pending_load is not None and pending_load[1] and zero3:
-                # a finished unfreeze step's weights into the next one: ZeRO-3 cannot load a checkpoint whose
-                # frozen set differs from the new engine's, so consolidate it and load it before the engine
+            if pending_load is not None and pending_load[1] and zero_stage(ds_config) >= 2:
+                # a finished unfreeze step's weights into the next one, whose frozen set differs: from ZeRO-2 on,
+                # DeepSpeed's load copies the parameters the new engine keeps frozen out of the frozen ones the
+                # checkpoint recorded (a KeyError where the sets differ), so consolidate the checkpoint and load it
+                # before the engine
                 load_state(module, ckpt.consolidated(pending_load[0]))
                 pending_load = None
             trainable = plan.apply(phase) if phase is not None else plan.apply_all()
