@@ -3,8 +3,8 @@
 On a CPU with AVX512-BF16 (or AMX) a bf16 matmul runs ~2.5x the fp32 one, and eval time is ~80% matmuls. bf16
 changes logits slightly, so a word whose label could flip is recomputed in fp32:
 - the matrix products and attention run in bf16 (weights cast once, activations cast at each product); the residual
-  stream, the adds and LayerNorms stay fp32: rounding the residual stream itself to bf16 costs 7x the error (measured
-  on the benchmark's model: worst ratio below 2.6e-3 against 3.7e-4) for ~15% less time; the classifier runs in fp32;
+  stream, the adds and LayerNorms stay fp32: rounding the residual stream itself to bf16 costs 7x the error (on the
+  benchmark's model a worst ratio, below, of 2.6e-3 against 3.7e-4) for ~7% less time; the classifier runs in fp32;
 - a word's label a is safe when, for every other label c, the margin l_a - l_c exceeds
   `threshold * |h| * |W_a - W_c|` (h the word's final hidden state, W the classifier rows): the change of l_a - l_c is
   (W_a - W_c) . dh, so the threshold bounds bf16's error of h relative to its size, along the direction that
