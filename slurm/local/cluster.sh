@@ -173,17 +173,20 @@ start_munge() {
 
 # ---- the network of a multi-node cluster
 
-# The first 10.213.X.0/24 that no interface of this machine uses, unless XDT_SLURM_SUBNET names one.
+# Whether A.B.C.* appears on stdin (`ip addr` lines hold " A.B.C.D/..", `ip route` lines start with "A.B.C.0/..").
+in_use() { grep -qE "(^| )${1//./\\.}\\." ; }
+
+# The first 10.213.X.0/24 that no interface or route of this machine uses, unless XDT_SLURM_SUBNET names one.
 pick_subnet() {
   local x taken
   taken="$(ip -4 -o addr show 2>/dev/null; ip -4 route show 2>/dev/null)"
   if [[ -n "${XDT_SLURM_SUBNET:-}" ]]; then
     [[ "$XDT_SLURM_SUBNET" =~ ^10\.[0-9]+\.[0-9]+$ ]] || die "XDT_SLURM_SUBNET=$XDT_SLURM_SUBNET: expected 10.A.B"
-    grep -qF " ${XDT_SLURM_SUBNET}." <<<"$taken" && die "subnet $XDT_SLURM_SUBNET.0/24 is already in use here"
+    in_use "$XDT_SLURM_SUBNET" <<<"$taken" && die "subnet $XDT_SLURM_SUBNET.0/24 is already in use here"
     echo "$XDT_SLURM_SUBNET"; return
   fi
   for ((x = $((16#${TAG:0:2})) % 200 + 20, tries = 0; tries < 200; x = (x - 19) % 200 + 20, tries++)); do
-    grep -qF " 10.213.$x." <<<"$taken" || { echo "10.213.$x"; return; }
+    in_use "10.213.$x" <<<"$taken" || { echo "10.213.$x"; return; }
   done
   die "no free 10.213.X.0/24 subnet; set XDT_SLURM_SUBNET=10.A.B"
 }
@@ -287,6 +290,7 @@ cmd_up() {
     if ((n > 1)); then
       local why
       why="$(netns_ok)" || die "--nodes $n needs network namespaces: $why"
+      net_down  # what an unclean stop of this state directory's cluster left behind
       [[ -s "$D/subnet" && "$(node_count)" == "$n" ]] || pick_subnet >"$D/subnet"
     fi
     echo "$n" >"$D/nodes"
