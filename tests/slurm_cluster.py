@@ -19,6 +19,7 @@ CLUSTER = ROOT / "slurm" / "local" / "cluster.sh"
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
          "PREEMPTED"}
 
+
 def _free_port_pair() -> int:
     for _ in range(50):
         with socket.socket() as a:
