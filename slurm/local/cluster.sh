@@ -2,7 +2,8 @@
 # A real SLURM cluster (Debian slurm-wlm + munge) on this machine, for tests and local trials: one node, or N nodes
 # that each live in a network namespace of their own.
 #
-#   slurm/local/cluster.sh install            apt-get install slurm-wlm munge when the binaries are missing
+#   slurm/local/cluster.sh install            apt-get install slurm-wlm munge (and iproute2, for --nodes N >= 2)
+#                                             when the binaries are missing
 #   slurm/local/cluster.sh up [--nodes N]     start munged, slurmctld and N slurmd (idempotent; a node whose slurmd
 #                                             died is started again); prints `export SLURM_CONF=...`
 #   slurm/local/cluster.sh status             daemons, every node's state, queue
@@ -74,12 +75,14 @@ path_sbin() { case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbi
 
 cmd_install() {
   path_sbin
-  if binaries_present; then say "slurm-wlm and munge already installed ($(slurmctld -V))"; return 0; fi
-  [[ $EUID -eq 0 ]] || die "installing needs root: apt-get install -y --no-install-recommends slurm-wlm munge"
+  if binaries_present && command -v ip >/dev/null; then
+    say "slurm-wlm, munge and iproute2 already installed ($(slurmctld -V))"; return 0
+  fi
+  [[ $EUID -eq 0 ]] || die "installing needs root: apt-get install -y --no-install-recommends slurm-wlm munge iproute2"
   command -v apt-get >/dev/null || die "no apt-get: install slurm-wlm (slurmctld, slurmd, sbatch) and munge by hand"
-  say "installing slurm-wlm munge (apt-get)"
+  say "installing slurm-wlm munge iproute2 (apt-get)"
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge iproute2 >/dev/null
   binaries_present || die "apt-get finished but slurmctld/slurmd/sbatch/munged are still missing"
 }
 
