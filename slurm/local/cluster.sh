@@ -266,7 +266,7 @@ start_slurm() {
   done
   for node in $(node_names); do
     wait_for "$TIMEOUT" "node $node" node_ready "$node" ||
-      die "node $node is '$(node_state "$node")', not idle, after ${TIMEOUT}s (log: $D/log/slurmd-$node.log)"
+      die "node $node is '$(node_state "$node")', not ready (idle), after ${TIMEOUT}s (log: $D/log/slurmd-$node.log)"
   done
 }
 
@@ -294,7 +294,7 @@ cmd_up() {
       local why
       why="$(netns_ok)" || die "--nodes $n needs network namespaces: $why"
       net_down  # what an unclean stop of this state directory's cluster left behind
-      [[ -s "$D/subnet" && "$(node_count)" == "$n" ]] || pick_subnet >"$D/subnet"
+      pick_subnet >"$D/subnet"
     fi
     echo "$n" >"$D/nodes"
     write_conf
