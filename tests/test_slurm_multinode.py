@@ -16,7 +16,7 @@ with the reason, where the machine cannot make network namespaces (the cluster t
 
 from __future__ import annotations
 
-import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -129,7 +129,7 @@ def test_a_preempted_two_node_job_resumes_to_the_same_weights(cluster, workdir, 
     ref = finished(workdir, capsys, 2, 2)
     job_id, out = submit(workdir, "preempt2", capsys, 2, 2)
     wait_records(out, job_id, len(curve(ref)) // 3)
-    assert os.system(f"scancel --signal=USR1 --batch {job_id}") == 0
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
     jobs = wait_job(job_id, 600)
     assert jobs[0]["JobState"] == "COMPLETED" and jobs[0]["Restarts"] == "1", f"{jobs}\n{logs(out)}"
     for task in (0, 1):  # the signal reached the rank on each node, both stopped at the same step
