@@ -426,9 +426,10 @@ RANGES = {
     "teacher.warmup_ratio": (0, True, 1, True),
 }
 SLURM_STEPS = ("teacher", "cache", "distill", "eval")
-RANGES |= {"slurm.eval_shards": _POSITIVE, **{f"slurm.{step}.{key}": _POSITIVE for step in SLURM_STEPS for key in (
-    "nodes", "cpus_per_task", "ntasks_per_node", "procs_per_node")}, **{f"slurm.{step}.gpus_per_node": _NON_NEGATIVE
-                                                                         for step in SLURM_STEPS}}
+RANGES |= {"slurm.eval_shards": _POSITIVE,
+           **{f"slurm.{step}.{key}": _POSITIVE for step in SLURM_STEPS
+              for key in ("nodes", "cpus_per_task", "ntasks_per_node", "procs_per_node")},
+           **{f"slurm.{step}.gpus_per_node": _NON_NEGATIVE for step in SLURM_STEPS}}
 STAGE_RANGES = {"lr": _POSITIVE, "epochs": _NON_NEGATIVE, "steps": _NON_NEGATIVE, "warmup_steps": _NON_NEGATIVE}
 
 

@@ -58,8 +58,7 @@ def _preflight(jobs, dry_run: bool) -> None:
 def _pipeline(args: argparse.Namespace) -> int:
     from xdt.slurm import pipeline as pl
 
-    common = {key: getattr(args, key) for key in ("nodes", "gpus_per_node", "cpus_per_task", "ntasks_per_node",
-                                                  "procs_per_node", "time", "partition", "account")}
+    common = {key: getattr(args, key) for key in pl.STEP_KEYS}
     shared = {"python": args.python, "setup": args.setup or [], "env": args.env or [],
               "sbatch_options": args.sbatch_option or [], "port": args.port}
     if args.signal_seconds is not None:

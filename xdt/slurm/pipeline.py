@@ -35,8 +35,7 @@ from xdt.slurm.eval_job import EvalJobs, EvalSpec, build_eval_jobs
 from xdt.slurm.render import Resources, safe_path
 from xdt.slurm.train_job import TrainJob, build_train_job
 
-STEPS = SLURM_STEPS  # in submission order
-COMMANDS = {"teacher": "teacher", "cache": "cache", "distill": "distill"}  # train_job commands
+STEPS = SLURM_STEPS  # in submission order; the training steps are named as train_job's commands
 RECORD = "pipeline.json"
 STEP_KEYS = tuple(f.name for f in dataclasses.fields(SlurmStepConfig))
 INT_KEYS = ("nodes", "gpus_per_node", "cpus_per_task", "ntasks_per_node", "procs_per_node")
@@ -92,6 +91,16 @@ def step_resources(step: str, cfg: RunConfig, common: dict, per_step: dict[str, 
     return res
 
 
+def _going(state: str) -> bool:
+    """A job state of a job still pending or running (not finished, not forgotten by slurmctld)."""
+    return state not in FINAL_STATES and state != "UNKNOWN"
+
+
+def report_path(out: Path) -> Path:
+    """The report the pipeline's evaluation writes last (its marker)."""
+    return out / "slurm" / "eval" / "report" / "report.json"
+
+
 # --------------------------------------------------------------------------------------------- the plan
 
 
@@ -129,18 +138,10 @@ class Pipeline:
 
     @property
     def report(self) -> Path:
-        return self.slurm_dir / "eval" / "report" / "report.json"
+        return report_path(self.output_dir)
 
     def to_submit(self) -> list[Step]:
         return [s for s in self.steps.values() if s.state == "submit"]
-
-
-def _existing(path: str) -> Path:
-    """A configured folder as the jobs will find it: as given, or relative to the project (config.check_paths)."""
-    from xdt.assets import project_root
-
-    given = Path(path)
-    return given if given.exists() or not (project_root() / path).exists() else project_root() / path
 
 
 def eval_data_dir(cfg: RunConfig) -> Path:
@@ -157,6 +158,7 @@ def plan(config: str, overrides: list[str], common: dict | None = None, per_step
          job_states=None) -> Pipeline:
     """Check the config and every step's resources, decide what each step does (submit, done, active) and render
     the scripts of the steps to submit. `job_states(ids) -> {id: state}` (None: ask scontrol)."""
+    from xdt.data.mock import _configured
     from xdt.distill.teacher_cache import MANIFEST
     from xdt.run import DISTILL_DONE, TEACHER_DONE
 
@@ -168,7 +170,7 @@ def plan(config: str, overrides: list[str], common: dict | None = None, per_step
     out = Path(safe_path(cfg.output.dir, "output.dir"))
     config_path = safe_path(config, "CONFIG")
     given = bool(cfg.teacher.model) and cfg.teacher.epochs == 0
-    teacher_dir = _existing(cfg.teacher.model).absolute() if given else out / "teacher"
+    teacher_dir = _configured(cfg.teacher.model).absolute() if given else out / "teacher"
     with_teacher = overrides if given else [*overrides, f"teacher.model={teacher_dir}"]
 
     def res(step: str) -> Resources:
@@ -184,23 +186,19 @@ def plan(config: str, overrides: list[str], common: dict | None = None, per_step
                             out / DISTILL_DONE, res("distill"), with_teacher)
     eval_job = f"{job_prefix}-eval" if job_prefix else f"xdt-eval-{out.name}"
     steps["eval"] = Step("eval", "xdt eval (array) + xdt eval merge", ["distill"],
-                         out / "slurm" / "eval" / "report" / "report.json",
-                         dataclasses.replace(res("eval"), job_name=eval_job))
+                         report_path(out), dataclasses.replace(res("eval"), job_name=eval_job))
     pipe = Pipeline(config_path, list(overrides), out, steps)
 
     earlier = read_record(out).get("steps", {})
     for step in steps.values():
         if step.state == "given":
             continue
-        if step.marker.exists():
-            step.state = "done"
-            step.jobs = dict(earlier.get(step.name, {}).get("jobs", {}))
-            continue
         jobs = dict(earlier.get(step.name, {}).get("jobs", {}))
-        if jobs:
+        if step.marker.exists():
+            step.state, step.jobs = "done", jobs
+        elif jobs:
             states = (job_states or scontrol_states)(list(jobs.values()))
-            live = {i: s for i, s in states.items() if s not in FINAL_STATES and s != "UNKNOWN"}
-            if live:
+            if any(_going(s) for s in states.values()):
                 step.state, step.jobs, step.job_states = "active", jobs, states
 
     data_dir = eval_data_dir(cfg)
@@ -215,7 +213,7 @@ def plan(config: str, overrides: list[str], common: dict | None = None, per_step
             pending = (spec.model,) + (() if given else (spec.teacher,))
             step.evals = build_eval_jobs(spec, step.res, pending=pending, stale_ok=True)
         else:
-            step.train = build_train_job(config_path, step.overrides, step.res, COMMANDS[step.name], cfg=cfg)
+            step.train = build_train_job(config_path, step.overrides, step.res, step.name, cfg=cfg)
     return pipe
 
 
@@ -277,12 +275,17 @@ def write_record(pipe: Pipeline, submitted: list[str]) -> None:
     os.replace(tmp, path)
 
 
-def _scripts(step: Step) -> list[Path]:
+def _rendered(step: Step) -> list[tuple[Path, str]]:
+    """(script, text) of each script of a step to submit, in submission order."""
     if step.train:
-        return [step.train.script]
+        return [(step.train.script, step.train.text)]
     if step.evals:
-        return [step.evals.array_script, step.evals.merge_script]
+        return [(step.evals.array_script, step.evals.array_text), (step.evals.merge_script, step.evals.merge_text)]
     return []
+
+
+def _scripts(step: Step) -> list[Path]:
+    return [script for script, _ in _rendered(step)]
 
 
 def _dependencies(pipe: Pipeline, step: Step) -> list[str]:
@@ -299,11 +302,8 @@ def write_scripts(pipe: Pipeline) -> None:
     from xdt.slurm.submit import write_script
 
     for step in pipe.to_submit():
-        if step.train:
-            write_script(step.train.script, step.train.text)
-        else:
-            write_script(step.evals.array_script, step.evals.array_text)
-            write_script(step.evals.merge_script, step.evals.merge_text)
+        for script, text in _rendered(step):
+            write_script(script, text)
 
 
 def submit(pipe: Pipeline) -> list[str]:
@@ -356,7 +356,7 @@ def plan_lines(pipe: Pipeline, dry_run: bool = False) -> list[str]:
                 detail = f"{step.what}; waits on: {', '.join(active) or 'nothing'}"
                 lines.append(f"{step.name:<8} submit     {detail}")
             else:
-                jobs = ", ".join(f"{role} {i}" if role != "job" else f"job {i}" for role, i in step.jobs.items())
+                jobs = ", ".join(f"{role} {i}" for role, i in step.jobs.items())
                 lines.append(f"{step.name:<8} submitted  {jobs}; after: {':'.join(step.waits_on) or 'nothing'}")
         elif step.state == "active":
             states = ", ".join(f"{role} {i} {step.job_states.get(i, '?')}" for role, i in step.jobs.items())
@@ -371,9 +371,7 @@ def plan_lines(pipe: Pipeline, dry_run: bool = False) -> list[str]:
 def dry_run_text(pipe: Pipeline) -> str:
     parts = []
     for step in pipe.to_submit():
-        for script, text in ([(step.train.script, step.train.text)] if step.train else
-                             [(step.evals.array_script, step.evals.array_text),
-                              (step.evals.merge_script, step.evals.merge_text)]):
+        for script, text in _rendered(step):
             parts.append(f"# ---- step {step.name}: {script}\n{text}")
     parts.append("# ---- dependency graph (afterok, --kill-on-invalid-dep=yes; the merge waits on its array)\n"
                  + "\n".join(plan_lines(pipe, dry_run=True)) + "\n")
@@ -406,16 +404,16 @@ def pipeline_status(output_dir: str | Path) -> dict:
         jobs = entry.get("jobs") or {}
         states = scontrol_states(list(jobs.values())) if jobs else {}
         marker = entry.get("marker")
-        done = entry.get("state") == "given" or bool(marker and Path(marker).exists())
-        going = [s for s in states.values() if s not in FINAL_STATES and s != "UNKNOWN"]
+        done = bool(marker and Path(marker).exists())
+        going = [s for s in states.values() if _going(s)]
         state = ("given" if entry.get("state") == "given" else "done" if done else going[0].lower() if going else
                  "not done" + (f" ({', '.join(sorted(set(states.values())))})" if states else ""))
         steps[name] = {"state": state, "jobs": {role: {"id": i, "state": states.get(i)} for role, i in jobs.items()},
                        "marker": marker,
                        "checkpoint": newest_checkpoint(out, name) if name in ("teacher", "distill") else None}
-    report_path = Path(record.get("report") or out / "slurm" / "eval" / "report" / "report.json")
-    report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else None
-    return {"output_dir": str(out), "config": record.get("config"), "steps": steps, "report_path": str(report_path),
+    report_file = Path(record.get("report") or report_path(out))
+    report = json.loads(report_file.read_text(encoding="utf-8")) if report_file.is_file() else None
+    return {"output_dir": str(out), "config": record.get("config"), "steps": steps, "report_path": str(report_file),
             "report": report}
 
 
@@ -424,8 +422,7 @@ def format_pipeline_status(status: dict) -> str:
 
     lines = [f"pipeline {status['output_dir']} ({status['config']})"]
     for name, step in status["steps"].items():
-        jobs = ", ".join(f"{'job' if role == 'job' else role} {j['id']} {j['state'] or '?'}"
-                         for role, j in step["jobs"].items())
+        jobs = ", ".join(f"{role} {j['id']} {j['state'] or '?'}" for role, j in step["jobs"].items())
         lines.append(f"{name:<8} {step['state']}: {jobs or 'no job'}")
         ckpt = step["checkpoint"]
         if ckpt:
