@@ -20,14 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from xdt import __version__
-from xdt.data.manifest import (
-    FileRecord,
-    LanguageRecord,
-    Manifest,
-    read_manifest,
-    sha256_file,
-    write_manifest,
-)
+from xdt.data.cache import file_digest
+from xdt.data.manifest import FileRecord, LanguageRecord, Manifest, read_manifest, write_manifest
 from xdt.data.readers import ReadOptions, read_conll
 from xdt.data.sentence import WIKIANN_LABELS, Sentence
 from xdt.errors import DataError, XdtError
@@ -182,7 +176,7 @@ def _write_split(path: Path, sentences: list[Sentence], lang: str, where: str) -
         raise DataError(where, f"sentence {first} does not read back from {path.name} as written ({len(back)} of "
                         f"{len(sentences)} sentences read)")
     return FileRecord(path.name, len(sentences), sum(len(s.words) for s in sentences), path.stat().st_size,
-                      sha256_file(path))
+                      file_digest(path))
 
 
 def _fetch_language(source: _Source, lang: str, staging: Path, now: str) -> LanguageRecord:
@@ -195,22 +189,25 @@ def _fetch_language(source: _Source, lang: str, staging: Path, now: str) -> Lang
     for split, hf_split in SPLITS.items():
         dataset = loaded[hf_split]
         record.source["fingerprints"][split] = getattr(dataset, "_fingerprint", None)
-        sentences = _sentences(dataset, lang, f"{where} [{hf_split}]")
-        record.splits[split] = _write_split(staging / f"{split}-{lang}.tsv", sentences, lang, f"{where} [{hf_split}]")
+        split_where = f"{where} [{hf_split}]"
+        sentences = _sentences(dataset, lang, split_where)
+        record.splits[split] = _write_split(staging / f"{split}-{lang}.tsv", sentences, lang, split_where)
     return record
 
 
-def _plan(staging: Path, out: Path) -> dict[str, str]:
-    """file name -> new / unchanged / differs, comparing each staged file with the one of that name in `out`."""
+def _plan(records: dict[str, LanguageRecord], out: Path) -> dict[str, str]:
+    """file name -> new / unchanged / differs, comparing each staged file (by its record's sha256) with the one of
+    that name in `out`."""
+    staged = {r.file: r.sha256 for record in records.values() for r in record.splits.values()}
     plan = {}
-    for staged in sorted(staging.iterdir()):
-        there = out / staged.name
+    for name, sha in sorted(staged.items()):
+        there = out / name
         if not there.exists():
-            plan[staged.name] = "new"
-        elif there.is_file() and sha256_file(there) == sha256_file(staged):
-            plan[staged.name] = "unchanged"
+            plan[name] = "new"
+        elif there.is_file() and file_digest(there) == sha:
+            plan[name] = "unchanged"
         else:
-            plan[staged.name] = "differs"
+            plan[name] = "differs"
     return plan
 
 
@@ -243,7 +240,7 @@ def fetch_wikiann(request: FetchRequest) -> FetchResult:
         for lang in langs:
             log.info("fetching %s from %s", lang, source.where)
             records[lang] = _fetch_language(source, lang, staging, now)
-        plan = _plan(staging, real) if real.is_dir() else {f.name: "new" for f in staging.iterdir()}
+        plan = _plan(records, real) if real.is_dir() else {f.name: "new" for f in staging.iterdir()}
         differing = [name for name, how in plan.items() if how == "differs"]
         if differing and not request.overwrite:
             raise XdtError(f"--out {out}: {', '.join(differing)} already exist with other content than this fetch; "

@@ -8,12 +8,12 @@ compute node can check that its offline copy is the one the login node fetched (
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from xdt.data.cache import file_digest
 from xdt.data.readers import ReadOptions, read_conll
 from xdt.errors import DataError
 
@@ -68,14 +68,6 @@ class ManifestCheck:
 
     def to_json(self) -> dict:
         return {"path": self.path, "verified_files": self.verified, "unlisted": list(self.unlisted)}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_manifest(folder: str | Path) -> Manifest | None:
@@ -149,7 +141,7 @@ def verify_manifest(folder: str | Path, langs: list[str] | None = None,
             if not path.is_file():
                 raise DataError(path, f"listed in {folder / MANIFEST} ({lang} {split}) but missing; fetch it "
                                 "again with `xdt data fetch`")
-            sha = sha256_file(path)
+            sha = file_digest(path)
             if sha != record.sha256:
                 raise DataError(path, f"differs from {folder / MANIFEST}: {_difference(path, lang, record, sha)}")
             verified += 1

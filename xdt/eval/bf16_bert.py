@@ -138,6 +138,18 @@ class Bf16RecheckBertTokenClassifier(torch.nn.Module):
         reach.scatter_(1, top[:, None], -1.0)  # the top label against itself never counts
         return (margin <= reach).any(1)
 
+    def _unsafe_windows(self, rows: torch.Tensor, h: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """bool [b]: the windows (of `rows`, bool [b, L]) holding an unsafe row."""
+        unsafe = torch.zeros(len(rows), dtype=torch.bool)
+        unsafe[rows.nonzero()[:, 0][self.unsafe_rows(h, logits)]] = True
+        return unsafe
+
+    def _bf16_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden states, fp32 classifier logits) at the `keep` rows, from the bf16 forward."""
+        h = self.hidden_bf16(input_ids, attention_mask, keep)
+        return h, torch.addmm(self.cls_b, h, self.cls_w.t())
+
     @property
     def needs_calibration(self) -> bool:
         return self.threshold is None
@@ -152,16 +164,14 @@ class Bf16RecheckBertTokenClassifier(torch.nn.Module):
         worst, seen = 0.0, []
         for _, ids, mask, words in padded_batches(features, batch_size, pad_id, sample):
             ids, mask, rows = (torch.from_numpy(a).to(device) for a in (ids, mask, words >= 0))
-            h = self.hidden_bf16(ids, mask, rows.reshape(-1).nonzero().squeeze(1))
-            logits = torch.addmm(self.cls_b, h, self.cls_w.t())
+            h, logits = self._bf16_logits(ids, mask, rows.reshape(-1).nonzero().squeeze(1))
             exact = self.exact(input_ids=ids, attention_mask=mask, rows=rows).logits
             worst = max(worst, self.error_ratio(h, logits, exact))
             seen.append((h, logits, rows, mask.sum(1)))
         self.set_threshold(worst)
         tokens = rechecked = 0  # the share of tokens the re-check would recompute at this threshold
         for h, logits, rows, lengths in seen:
-            unsafe = torch.zeros(len(rows), dtype=torch.bool)
-            unsafe[rows.nonzero()[:, 0][self.unsafe_rows(h, logits)]] = True
+            unsafe = self._unsafe_windows(rows, h, logits)
             tokens, rechecked = tokens + int(lengths.sum()), rechecked + int(lengths[unsafe].sum())
         self.stats.calibration_recheck_share = rechecked / max(tokens, 1)
         self.fp32_only = self.give_up and self.stats.calibration_recheck_share > GIVE_UP
@@ -175,26 +185,19 @@ class Bf16RecheckBertTokenClassifier(torch.nn.Module):
                 rows: torch.Tensor | None = None, **_) -> _Output:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if rows is not None:
+            self.stats.windows += len(input_ids)
+            self.stats.words += int(rows.sum())
         if rows is None or self.fp32_only:  # full [b, L] logits, or bf16 gave up: the exact path alone
             if rows is not None:
                 self.stats.fp32_windows += len(input_ids)
-                self.stats.windows += len(input_ids)
-                self.stats.words += int(rows.sum())
             return _Output(self.exact(input_ids=input_ids, attention_mask=attention_mask, rows=rows).logits, None)
-        keep = rows.reshape(-1).nonzero().squeeze(1)
-        h = self.hidden_bf16(input_ids, attention_mask, keep)
-        logits = torch.addmm(self.cls_b, h, self.cls_w.t())
+        h, logits = self._bf16_logits(input_ids, attention_mask, rows.reshape(-1).nonzero().squeeze(1))
         if self.threshold is None:  # not calibrated (predict_label_ids calibrates first): on this batch
             exact = self.exact(input_ids=input_ids, attention_mask=attention_mask, rows=rows).logits
             self.set_threshold(self.error_ratio(h, logits, exact))
-            self.stats.windows += len(input_ids)
-            self.stats.words += len(keep)
             return _Output(exact, torch.zeros(len(input_ids), dtype=torch.bool))  # exact already
-        unsafe = torch.zeros(len(input_ids), dtype=torch.bool)
-        unsafe[rows.nonzero()[:, 0][self.unsafe_rows(h, logits)]] = True  # the window of each unsafe row
-        self.stats.windows += len(input_ids)
-        self.stats.words += len(keep)
-        return _Output(logits, unsafe)
+        return _Output(logits, self._unsafe_windows(rows, h, logits))
 
     def note_recheck(self, windows: int, words: int, changed: int) -> None:
         self.stats.rechecked_windows += windows

@@ -57,18 +57,17 @@ def predict_label_ids(model: torch.nn.Module, features: AlignedFeatures, batch_s
     for idx, ids, mask, words in padded_batches(features, batch_size, pad_id):
         slots = words >= 0
         inputs = {"input_ids": torch.from_numpy(ids).to(device), "attention_mask": torch.from_numpy(mask).to(device)}
-        position = word_start[features.window_sentence[idx]][:, None] + words
-        if rows_only:  # row-major, the order of position[slots]
+        position = (word_start[features.window_sentence[idx]][:, None] + words)[slots]  # row-major
+        if rows_only:  # logits of the slots alone, in the order of position
             result = model(**inputs, rows=torch.from_numpy(slots))
-            out[position[slots]] = result.logits.argmax(-1).cpu().numpy()
+            out[position] = result.logits.argmax(-1).cpu().numpy()
             unsafe = getattr(result, "unsafe", None)
             if unsafe is not None and unsafe.any():
                 recheck.append(idx[unsafe.numpy()])
         else:
-            best = model(**inputs).logits.argmax(-1).cpu().numpy()
-            out[position[slots]] = best[slots]
+            out[position] = model(**inputs).logits.argmax(-1).cpu().numpy()[slots]
         if progress is not None:
-            progress.update(int(slots.sum()))
+            progress.update(len(position))
     if recheck:  # recomputed in fp32 together, in full length-sorted batches
         for idx, ids, mask, words in padded_batches(features, batch_size, pad_id, np.concatenate(recheck)):
             slots = words >= 0
