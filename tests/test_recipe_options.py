@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from xdt.config import DistillConfig, StudentConfig, TeacherConfig, load_config
+from xdt.config import StudentConfig, TeacherConfig, load_config
 from xdt.distill.losses import DistillLoss, attention_loss
 from xdt.distill.strategies import STRATEGIES, resolve_stages
 from xdt.errors import ConfigError

@@ -1,6 +1,6 @@
 """bf16 matrix products with an fp32 re-check: fp32 labels at bf16 speed on CPUs with native bf16 dot products.
 
-On a CPU with AVX512-BF16 (or AMX) a bf16 matmul runs ~2.5x the fp32 one, and eval time is ~80% matmuls. bf16
+On a CPU with AVX512-BF16 (or AMX) a bf16 matmul runs ~2.2x the fp32 one, and eval time is ~80% matmuls. bf16
 changes logits slightly, so a word whose label could flip is recomputed in fp32:
 - the matrix products and attention run in bf16 (weights cast once, activations cast at each product); the residual
   stream, the adds and LayerNorms stay fp32: rounding the residual stream itself to bf16 costs 7x the error (on the
@@ -9,12 +9,15 @@ changes logits slightly, so a word whose label could flip is recomputed in fp32:
   `threshold * |h| * |W_a - W_c|` (h the word's final hidden state, W the classifier rows): the change of l_a - l_c is
   (W_a - W_c) . dh, so the threshold bounds bf16's error of h relative to its size, along the direction that
   decides between the two labels. That worst ratio differs 40x between models (3.7e-4 on a random BERT, 1.9e-3 and
-  1.5e-2 on two trained ones: README), so each run measures it first on CALIBRATION_WINDOWS windows of every
-  length (computed both ways) and takes SAFETY times that, at least FLOOR;
-- the windows holding an unsafe word are recomputed by the exact fp32 forward (xdt.eval.fast_bert), batched
-  together after the bf16 pass (`predict_label_ids`), and their labels replace the bf16 ones: labels are the fp32
-  path's. Where the calibration windows say that more than GIVE_UP of the tokens would need it, bf16 costs more
-  than it saves and the run is fp32 alone (the first batches, the longest windows, are no guide to that share).
+  1.5e-2 on two trained ones: README), so each run measures it: first on CALIBRATION_WINDOWS windows of every length
+  (computed both ways), then on every word the re-check recomputes (an audit on thousands of words that costs
+  nothing: both results are at hand). The threshold is SAFETY times the worst ratio seen, at least FLOOR;
+- after the bf16 pass (`predict_label_ids`), the windows holding an unsafe word are recomputed by the exact fp32
+  forward (xdt.eval.fast_bert), batched by length, and their labels replace the bf16 ones. When a re-checked word
+  raises the threshold, every word not yet re-checked is judged again against it and the windows it flags are
+  re-checked too, until no word is left below the threshold: labels are the fp32 path's. Where the calibration
+  windows say that more than GIVE_UP of the tokens would need it, bf16 costs more than it saves and the run is fp32
+  alone (the first batches, the longest windows, are no guide to that share).
 `threshold=inf` re-checks every window (exactly the fp32 labels); `threshold=0` re-checks none (bf16 alone).
 """
 
@@ -28,9 +31,12 @@ import torch.nn.functional as F
 
 from xdt.eval.fast_bert import FastBertTokenClassifier
 
-SAFETY = 3.0  # threshold = SAFETY x the worst error ratio measured on the calibration windows
+SAFETY = 2.0  # threshold = SAFETY x the worst error ratio measured (calibration windows and re-checked words)
 FLOOR = 4e-4  # ... and never below ~the smallest worst ratio seen on any model (3.7e-4, the random l6-h256)
 CALIBRATION_WINDOWS = 96  # spread over the length order: the longest batch alone read 2x low on a trained model
+# bf16 attention as two batched products up to this many tokens: 1.3-2.2x the CPU flash kernel (SDPA) at 8-64 tokens
+# (batch 32, 8 heads), which wins from ~112 on
+BMM_ATTENTION_MAX = 96
 GIVE_UP = 0.35  # re-checking more tokens than this (bf16 costs ~0.6 of fp32) saves nothing: run fp32 alone
 
 
@@ -52,36 +58,43 @@ class RecheckStats:
         self.fp32_windows = 0  # windows run by fp32 alone after giving up
         self.calibration_ratio: float | None = None
         self.calibration_recheck_share: float | None = None  # of tokens, predicted on the calibration windows
+        self.audit_ratio = 0.0  # the worst error ratio over the re-checked words
+        self.threshold_raises = 0  # times a re-checked word raised the threshold
         self.threshold: float | None = None
 
     def as_dict(self) -> dict:
         return {"windows": self.windows, "words": self.words, "rechecked_windows": self.rechecked_windows,
                 "rechecked_words": self.rechecked_words, "labels_changed_by_recheck": self.labels_changed,
-                "fp32_only_windows": self.fp32_windows}
+                "fp32_only_windows": self.fp32_windows, "threshold": self.threshold,
+                "calibration_ratio": self.calibration_ratio, "audit_ratio": self.audit_ratio,
+                "threshold_raises": self.threshold_raises}
 
 
 class _Output:
-    __slots__ = ("logits", "unsafe")
+    __slots__ = ("logits", "norms")
 
-    def __init__(self, logits: torch.Tensor, unsafe: torch.Tensor | None):
-        self.logits, self.unsafe = logits, unsafe
+    def __init__(self, logits: torch.Tensor, norms: torch.Tensor | None):
+        self.logits, self.norms = logits, norms
 
 
 class Bf16RecheckBertTokenClassifier(torch.nn.Module):
-    """Called like FastBertTokenClassifier with `rows`; the output's `unsafe` (bool [b]) names the windows whose
-    labels bf16 cannot be trusted with: `predict_label_ids` re-runs them through `exact` (the fp32 forward)."""
+    """Called like FastBertTokenClassifier with `rows`; the output's `norms` (|h| of each row, None where the logits
+    are fp32's already) let `predict_label_ids` judge each word with `unsafe_rows` once the bf16 pass is over and
+    re-run the windows of the unsafe ones through `exact` (the fp32 forward), reporting each to `audit`."""
 
     scores_rows = True
     precision = "bf16+fp32-recheck"
 
     def __init__(self, model: torch.nn.Module, threshold: float | None = None, give_up: bool = True):
-        """`threshold`: None measures it (`calibrate`, before the first batch); inf re-checks every window, 0 none.
-        `give_up`: run fp32 alone where calibration predicts the re-check would cost more than bf16 saves."""
+        """`threshold`: None measures it (`calibrate`, before the first batch, then `audit`); a number is fixed
+        (inf re-checks every window, 0 none). `give_up`: run fp32 alone where calibration predicts the re-check
+        would cost more than bf16 saves."""
         super().__init__()
         self.exact = FastBertTokenClassifier(model)
         self.hf = model
         self.config = model.config
         self.threshold = threshold
+        self.measured = threshold is None  # the audit may raise a measured threshold, never a given one
         self.give_up = give_up
         self.fp32_only = False
         self.stats = RecheckStats()
@@ -107,11 +120,19 @@ class Bf16RecheckBertTokenClassifier(torch.nn.Module):
         heads = self.exact.heads
         dim = hidden // heads
         mask = attention_mask.bool()[:, None, None, :]
+        if length <= BMM_ATTENTION_MAX:  # -inf at the padding keys, per (window, head)
+            bias = torch.zeros(b, heads, 1, length, dtype=bf16).masked_fill_(~mask, float("-inf"))
+            bias = bias.view(b * heads, 1, length)
         x = x.reshape(b * length, hidden)
         last = len(self.layers) - 1
         for i, p in enumerate(self.layers):
             qkv = F.linear(x.to(bf16), p["w_qkv"], p["b_qkv"]).view(b, length, 3, heads, dim).permute(2, 0, 3, 1, 4)
-            ctx = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask)
+            if length <= BMM_ATTENTION_MAX:
+                q, k, v = (t.reshape(b * heads, length, dim) for t in qkv)
+                scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=dim ** -0.5)
+                ctx = torch.bmm(scores.softmax(-1), v).view(b, heads, length, dim)
+            else:
+                ctx = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask)
             ctx = ctx.transpose(1, 2).reshape(b * length, hidden)
             if i == last:
                 ctx, x = ctx[keep], x[keep]
@@ -120,35 +141,38 @@ class Bf16RecheckBertTokenClassifier(torch.nn.Module):
             x = p["ln2"](F.linear(inner, p["w_ffn"], p["b_ffn"]).float() + a)
         return x
 
-    def error_ratio(self, h: torch.Tensor, logits: torch.Tensor, exact: torch.Tensor) -> float:
-        """Worst |d(l_a - l_c)| / (|h| |W_a - W_c|) over rows and label pairs: the error the threshold bounds."""
-        if not len(h):
-            return 0.0
+    def error_ratios(self, norms: torch.Tensor, logits: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+        """Per row, the worst |d(l_a - l_c)| / (|h| |W_a - W_c|) over label pairs: the error the threshold bounds."""
+        if not len(norms):
+            return torch.zeros(0)
         d = logits - exact
         dd = (d[:, :, None] - d[:, None, :]).abs()
-        scale = h.norm(dim=1)[:, None, None] * self.pair_norm
+        scale = norms[:, None, None] * self.pair_norm
         off = ~torch.eye(len(self.cls_w), dtype=torch.bool)
-        return float((dd / scale.clamp_min(1e-30))[:, off].max())
+        return (dd / scale.clamp_min(1e-30))[:, off].amax(1)
 
-    def unsafe_rows(self, h: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """bool [rows]: another label within reach of bf16's error."""
+    def unsafe_rows(self, norms: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """bool [rows]: another label within reach of bf16's error (norms: |h| of each row)."""
         top = logits.argmax(1)
         margin = logits.gather(1, top[:, None]) - logits  # [rows, labels], 0 at the top label
-        reach = self.threshold * h.norm(dim=1)[:, None] * self.pair_norm[top]
+        reach = self.threshold * norms[:, None] * self.pair_norm[top]
         reach.scatter_(1, top[:, None], -1.0)  # the top label against itself never counts
         return (margin <= reach).any(1)
 
-    def _unsafe_windows(self, rows: torch.Tensor, h: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """bool [b]: the windows (of `rows`, bool [b, L]) holding an unsafe row."""
-        unsafe = torch.zeros(len(rows), dtype=torch.bool)
-        unsafe[rows.nonzero()[:, 0][self.unsafe_rows(h, logits)]] = True
-        return unsafe
+    def audit(self, norms: torch.Tensor, logits: torch.Tensor, exact: torch.Tensor) -> None:
+        """Re-checked rows: their bf16 logits against the fp32 ones. A worse error than the threshold allows for
+        raises it (a measured threshold only); predict_label_ids then judges the unchecked words again."""
+        ratio = float(self.error_ratios(norms, logits, exact).max()) if len(norms) else 0.0
+        self.stats.audit_ratio = max(self.stats.audit_ratio, ratio)
+        if self.measured and SAFETY * ratio > self.threshold:
+            self.set_threshold(ratio)
+            self.stats.threshold_raises += 1
 
     def _bf16_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hidden states, fp32 classifier logits) at the `keep` rows, from the bf16 forward."""
+        """(|h|, fp32 classifier logits) at the `keep` rows, from the bf16 forward."""
         h = self.hidden_bf16(input_ids, attention_mask, keep)
-        return h, torch.addmm(self.cls_b, h, self.cls_w.t())
+        return h.norm(dim=1), torch.addmm(self.cls_b, h, self.cls_w.t())
 
     @property
     def needs_calibration(self) -> bool:
@@ -164,20 +188,22 @@ class Bf16RecheckBertTokenClassifier(torch.nn.Module):
         worst, seen = 0.0, []
         for _, ids, mask, words in padded_batches(features, batch_size, pad_id, sample):
             ids, mask, rows = (torch.from_numpy(a).to(device) for a in (ids, mask, words >= 0))
-            h, logits = self._bf16_logits(ids, mask, rows.reshape(-1).nonzero().squeeze(1))
+            norms, logits = self._bf16_logits(ids, mask, rows.reshape(-1).nonzero().squeeze(1))
             exact = self.exact(input_ids=ids, attention_mask=mask, rows=rows).logits
-            worst = max(worst, self.error_ratio(h, logits, exact))
-            seen.append((h, logits, rows, mask.sum(1)))
+            if len(norms):
+                worst = max(worst, float(self.error_ratios(norms, logits, exact).max()))
+            seen.append((norms, logits, rows, mask.sum(1)))
         self.set_threshold(worst)
+        self.stats.calibration_ratio = worst
         tokens = rechecked = 0  # the share of tokens the re-check would recompute at this threshold
-        for h, logits, rows, lengths in seen:
-            unsafe = self._unsafe_windows(rows, h, logits)
+        for norms, logits, rows, lengths in seen:
+            unsafe = torch.zeros(len(rows), dtype=torch.bool)
+            unsafe[rows.nonzero()[:, 0][self.unsafe_rows(norms, logits)]] = True
             tokens, rechecked = tokens + int(lengths.sum()), rechecked + int(lengths[unsafe].sum())
         self.stats.calibration_recheck_share = rechecked / max(tokens, 1)
         self.fp32_only = self.give_up and self.stats.calibration_recheck_share > GIVE_UP
 
     def set_threshold(self, ratio: float) -> None:
-        self.stats.calibration_ratio = ratio
         self.threshold = self.stats.threshold = max(FLOOR, SAFETY * ratio)
 
     @torch.no_grad()
@@ -188,16 +214,13 @@ class Bf16RecheckBertTokenClassifier(torch.nn.Module):
         if rows is not None:
             self.stats.windows += len(input_ids)
             self.stats.words += int(rows.sum())
-        if rows is None or self.fp32_only:  # full [b, L] logits, or bf16 gave up: the exact path alone
+        if rows is None or self.fp32_only or self.threshold is None:
+            # full [b, L] logits, bf16 gave up, or not calibrated (predict_label_ids calibrates first): fp32 alone
             if rows is not None:
                 self.stats.fp32_windows += len(input_ids)
             return _Output(self.exact(input_ids=input_ids, attention_mask=attention_mask, rows=rows).logits, None)
-        h, logits = self._bf16_logits(input_ids, attention_mask, rows.reshape(-1).nonzero().squeeze(1))
-        if self.threshold is None:  # not calibrated (predict_label_ids calibrates first): on this batch
-            exact = self.exact(input_ids=input_ids, attention_mask=attention_mask, rows=rows).logits
-            self.set_threshold(self.error_ratio(h, logits, exact))
-            return _Output(exact, torch.zeros(len(input_ids), dtype=torch.bool))  # exact already
-        return _Output(logits, self._unsafe_windows(rows, h, logits))
+        norms, logits = self._bf16_logits(input_ids, attention_mask, rows.reshape(-1).nonzero().squeeze(1))
+        return _Output(logits, norms)
 
     def note_recheck(self, windows: int, words: int, changed: int) -> None:
         self.stats.rechecked_windows += windows

@@ -51,7 +51,7 @@ def predict_label_ids(model: torch.nn.Module, features: AlignedFeatures, batch_s
                        "must give every word exactly one slot")
     out = np.full(total, -1, dtype=np.int64)
     rows_only = getattr(model, "scores_rows", False)  # xdt.eval.fast_bert: logits of the slots alone
-    recheck = []  # xdt.eval.bf16_bert: windows whose bf16 labels could differ from fp32's
+    bf16 = None  # xdt.eval.bf16_bert: every word's bf16 logits, |h| and window, judged after the pass
     if getattr(model, "needs_calibration", False):  # bf16_bert: measure its error before trusting any label
         model.calibrate(features, batch_size, pad_id, device)
     for idx, ids, mask, words in padded_batches(features, batch_size, pad_id):
@@ -60,26 +60,54 @@ def predict_label_ids(model: torch.nn.Module, features: AlignedFeatures, batch_s
         position = (word_start[features.window_sentence[idx]][:, None] + words)[slots]  # row-major
         if rows_only:  # logits of the slots alone, in the order of position
             result = model(**inputs, rows=torch.from_numpy(slots))
-            out[position] = result.logits.argmax(-1).cpu().numpy()
-            unsafe = getattr(result, "unsafe", None)
-            if unsafe is not None and unsafe.any():
-                recheck.append(idx[unsafe.numpy()])
+            logits = result.logits.cpu()
+            out[position] = logits.argmax(-1).numpy()
+            if getattr(result, "norms", None) is not None:
+                if bf16 is None:
+                    bf16 = (torch.zeros(total, logits.shape[1]), torch.zeros(total),
+                            np.full(total, -1, dtype=np.int64))
+                at = torch.from_numpy(position)
+                bf16[0][at], bf16[1][at] = logits, result.norms.cpu()
+                bf16[2][position] = np.repeat(idx, slots.sum(1))
         else:
             out[position] = model(**inputs).logits.argmax(-1).cpu().numpy()[slots]
         if progress is not None:
             progress.update(len(position))
-    if recheck:  # recomputed in fp32 together, in full length-sorted batches
-        for idx, ids, mask, words in padded_batches(features, batch_size, pad_id, np.concatenate(recheck)):
+    if bf16 is not None:
+        _recheck(model, features, out, bf16, word_start, batch_size, pad_id, device)
+    if (out < 0).any():
+        raise XdtError(f"internal: {int((out < 0).sum())} words got no prediction")
+    return out
+
+
+def _recheck(model, features: AlignedFeatures, out: np.ndarray, bf16, word_start: np.ndarray, batch_size: int,
+             pad_id: int, device: torch.device) -> None:
+    """xdt.eval.bf16_bert: recompute in fp32, batched by length, every window holding a word whose bf16 label could
+    differ from fp32's, and write the fp32 labels into `out`. Each re-checked word's error is audited; where that
+    raises the threshold, the words not yet re-checked are judged again, until none is left below it."""
+    logits, norms, window = bf16
+    scored = window >= 0  # words of windows the fp32 path ran alone are exact already
+    done = np.zeros(len(features.window_sentence), dtype=bool)
+    while True:
+        unsafe = np.zeros(len(out), dtype=bool)
+        at = torch.from_numpy(scored)
+        unsafe[scored] = model.unsafe_rows(norms[at], logits[at]).numpy()
+        todo = np.unique(window[unsafe])
+        todo = todo[~done[todo]]
+        if not len(todo):
+            return
+        done[todo] = True
+        for idx, ids, mask, words in padded_batches(features, batch_size, pad_id, todo):
             slots = words >= 0
             position = (word_start[features.window_sentence[idx]][:, None] + words)[slots]
             exact = model.exact(input_ids=torch.from_numpy(ids).to(device),
                                 attention_mask=torch.from_numpy(mask).to(device),
-                                rows=torch.from_numpy(slots)).logits.argmax(-1).cpu().numpy()
-            model.note_recheck(len(idx), len(position), int((out[position] != exact).sum()))
-            out[position] = exact
-    if (out < 0).any():
-        raise XdtError(f"internal: {int((out < 0).sum())} words got no prediction")
-    return out
+                                rows=torch.from_numpy(slots)).logits.cpu()
+            at = torch.from_numpy(position)
+            model.audit(norms[at], logits[at], exact)
+            labels = exact.argmax(-1).numpy()
+            model.note_recheck(len(idx), len(position), int((out[position] != labels).sum()))
+            out[position] = labels
 
 
 def to_label_names(flat_ids: np.ndarray, sentences: Sequence[Sentence], id2label: dict[int, str]) -> list[list[str]]:
