@@ -10,6 +10,7 @@ from collections import defaultdict
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from xdt.config import load_config
 from xdt.distill.strategies import STRATEGIES, resolve_stages
@@ -58,17 +59,37 @@ MIN_DEV_F1 = 12.0
 
 
 @pytest.fixture(scope="module")
-def trained_teacher(mock_task, tmp_path_factory):
-    from transformers import AutoModelForTokenClassification
-
+def teacher_run(mock_task, tmp_path_factory):
+    """The mock-task teacher, trained once per module: (its result, its folder, the rate of every optimizer step as
+    read inside the step)."""
     from xdt.distill.teacher_train import train_teacher
 
     _, data = mock_task
     root = tmp_path_factory.mktemp("teacher")
     cfg = load_config(None, [*SMALL, f"data.cache_dir={root}", *TEACHER])
-    result = train_teacher(cfg, data, root)
+    rates: list[float] = []
+    hook = register_optimizer_step_pre_hook(
+        lambda optimizer, args, kwargs: rates.append(optimizer.param_groups[0]["lr"]))
+    try:
+        result = train_teacher(cfg, data, root)
+    finally:
+        hook.remove()
     assert result.best_dev_f1 > 25, f"the mock-task teacher scored dev F1 {result.best_dev_f1:.2f} (measured 31.9)"
-    return AutoModelForTokenClassification.from_pretrained(str(result.path))
+    return result, root, rates
+
+
+@pytest.fixture(scope="module")
+def trained_teacher(teacher_run):
+    from transformers import AutoModelForTokenClassification
+
+    return AutoModelForTokenClassification.from_pretrained(str(teacher_run[0].path))
+
+
+def test_the_teacher_log_records_the_rate_of_each_step(teacher_run):
+    _, root, rates = teacher_run
+    logged = [r["teacher/lr"] for r in read_metrics(root / "teacher.jsonl") if "teacher/lr" in r]
+    assert len(set(rates)) > 1  # the schedule moves the rate, so a record one step off would show
+    assert logged == pytest.approx(rates, rel=1e-6, abs=1e-12)
 
 
 @pytest.mark.slow

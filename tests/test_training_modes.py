@@ -89,7 +89,7 @@ SCHEDULES = {"constant": [0.5, 1, 1, 1, 1, 1],
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
 def test_each_learning_rate_schedule_is_the_rate_the_optimizer_steps_with(mock_task, tmp_path, schedule):
     """D3.1 (two stages, each with a fresh optimizer and schedule): the rate of every optimizer step, read inside
-    the optimizer's own step, is the schedule's, and each stage starts it over."""
+    the optimizer's own step, is the schedule's, each stage starts it over, and the metrics log records it."""
     _, data = mock_task
     cfg = load_config(None, [*SMALL, f"data.cache_dir={tmp_path}", "distill.strategy=D3.1", "distill.steps=6",
                              "distill.lr=1e-2", f"distill.schedule={schedule}", "distill.warmup_steps=2"])
@@ -102,6 +102,8 @@ def test_each_learning_rate_schedule_is_the_rate_the_optimizer_steps_with(mock_t
     finally:
         hook.remove()
     assert rates == pytest.approx([1e-2 * f for f in SCHEDULES[schedule] * 2], rel=1e-3, abs=1e-9)
+    logged = [r["distill/lr"] for r in read_metrics(tmp_path / "run" / "distill.jsonl") if "distill/lr" in r]
+    assert logged == pytest.approx(rates, rel=1e-6, abs=1e-12)  # the log records each step's own rate
 
 
 # --------------------------------------------------------------------------------------------- exit code 75

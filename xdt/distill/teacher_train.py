@@ -98,6 +98,7 @@ def train_teacher(cfg: RunConfig, data: TaskData, out_dir: str | Path, *, task: 
     batches = batches_from(batcher, tc.batch_size, cfg.seed, step * accum)
     while step < total and not stopped:
         micro_losses = []
+        lr = scheduler.get_last_lr()[0]  # this step's rate: engine.step() moves the scheduler on
         for _ in range(accum):  # DeepSpeed updates the weights at the accumulation boundary
             batch = {k: v.to(engine.device) for k, v in next(batches).items()}
             out = engine(**model_inputs(batch), labels=batch["labels"])
@@ -107,7 +108,7 @@ def train_teacher(cfg: RunConfig, data: TaskData, out_dir: str | Path, *, task: 
         step += 1
         progress.update(1)
         loss_value = sum(micro_losses) / accum
-        metrics.log(step, **{"teacher/loss": loss_value, "teacher/lr": scheduler.get_last_lr()[0]})
+        metrics.log(step, **{"teacher/loss": loss_value, "teacher/lr": lr})
         evaluated = step % eval_every == 0 or step == total
         if evaluated:
             score = score_fn(engine.module)

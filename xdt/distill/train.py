@@ -275,6 +275,7 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
             for step in range(start, steps):  # optimizer steps; `accum` micro-batches each
                 terms: dict[str, torch.Tensor] = {}
                 micro_losses = []
+                lr = scheduler.get_last_lr()[0]  # this step's rate: engine.step() moves the scheduler on
                 for _ in range(accum):
                     batch = {k: v.to(engine.device) for k, v in next(main_iter).items()}
                     labeled = ({k: v.to(engine.device) for k, v in next(labeled_iter).items()}
@@ -298,7 +299,7 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
                 first_loss = loss_value if first_loss is None else first_loss
                 progress.update(1)
                 metrics.log(global_step, **{"distill/loss": loss_value, "distill/stage": s_idx,
-                                            "distill/lr": scheduler.get_last_lr()[0],
+                                            "distill/lr": lr,
                                             **{f"distill/{k}": v.item() for k, v in terms.items()}})
                 if preempt.should_stop(global_step):
                     ckpt.save(engine, f"s{s_idx}-p{p_idx}-step{global_step}", position(step + 1, False))
