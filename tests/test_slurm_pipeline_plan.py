@@ -229,6 +229,20 @@ def test_pipeline_status_shows_steps_checkpoints_and_the_report(tmp_path, monkey
     code, _, err = cli(["status", "--pipeline", str(tmp_path / "nowhere")], capsys)
     assert code == 2 and "no slurm/pipeline.json" in err
 
+    asked = []
+
+    def no_slurm(ids):  # what scontrol_states raises where SLURM is not installed
+        asked.append(ids)
+        raise XdtError("scontrol: not found on PATH")
+
+    monkeypatch.setattr(pl, "scontrol_states", no_slurm)
+    code, printed, err = cli(["status", "--pipeline", str(out)], capsys)
+    assert code == 0, err
+    lines = printed.splitlines()
+    assert lines[1] == "job states unknown: scontrol: not found on PATH" and len(asked) == 1  # asked once, not per step
+    assert lines[2].split() == ["teacher", "done:", "job", "100", "?"]  # its marker still says done
+    assert lines[3].split()[:5] == ["distill", "not", "done", "(job", "states"]
+
 
 CLUSTER = {"debug": Partition("debug", ["n1", "n2"], True, None, 8, 0),
            "gpu": Partition("gpu", ["g1", "g2"], False, 1, 32, 4)}

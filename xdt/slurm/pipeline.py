@@ -399,28 +399,36 @@ def pipeline_status(output_dir: str | Path) -> dict:
     record = read_record(out)
     if not record:
         raise XdtError(f"--pipeline {out}: no slurm/{RECORD} there (submit with `xdt slurm pipeline`)")
-    steps = {}
+    steps, scheduler = {}, None
     for name, entry in record["steps"].items():
         jobs = entry.get("jobs") or {}
-        states = scontrol_states(list(jobs.values())) if jobs else {}
+        states = {}
+        if jobs and scheduler is None:
+            try:
+                states = scontrol_states(list(jobs.values()))
+            except XdtError as err:  # no SLURM here (a copied output folder) or slurmctld down: markers still tell
+                scheduler = f"job states unknown: {err}"
         marker = entry.get("marker")
         done = bool(marker and Path(marker).exists())
         going = [s for s in states.values() if _going(s)]
         state = ("given" if entry.get("state") == "given" else "done" if done else going[0].lower() if going else
-                 "not done" + (f" ({', '.join(sorted(set(states.values())))})" if states else ""))
+                 "not done" + (f" ({', '.join(sorted(set(states.values())))})" if states else
+                               " (job states unknown)" if scheduler and jobs else ""))
         steps[name] = {"state": state, "jobs": {role: {"id": i, "state": states.get(i)} for role, i in jobs.items()},
                        "marker": marker,
                        "checkpoint": newest_checkpoint(out, name) if name in ("teacher", "distill") else None}
     report_file = Path(record.get("report") or report_path(out))
     report = json.loads(report_file.read_text(encoding="utf-8")) if report_file.is_file() else None
     return {"output_dir": str(out), "config": record.get("config"), "steps": steps, "report_path": str(report_file),
-            "report": report}
+            "report": report, "scheduler": scheduler}
 
 
 def format_pipeline_status(status: dict) -> str:
     from xdt.eval.report import summary_lines
 
     lines = [f"pipeline {status['output_dir']} ({status['config']})"]
+    if status.get("scheduler"):
+        lines.append(status["scheduler"])
     for name, step in status["steps"].items():
         jobs = ", ".join(f"{role} {j['id']} {j['state'] or '?'}" for role, j in step["jobs"].items())
         lines.append(f"{name:<8} {step['state']}: {jobs or 'no job'}")
