@@ -8,10 +8,12 @@ the per-round ratios.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def machine_load() -> dict:
@@ -51,3 +53,12 @@ def median_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> 
     if len(numerators) != len(denominators) or not numerators:
         raise ValueError("paired ratios need two equally long, non-empty lists")
     return statistics.median(n / d for n, d in zip(numerators, denominators))
+
+
+def emit_json(result: dict, out: str | Path | None) -> None:
+    """Print the benchmark's JSON object and, with `--out FILE`, write it there too."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")

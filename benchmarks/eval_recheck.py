@@ -15,7 +15,6 @@ Prints the machine load at start and end, one JSON object and a one-line summary
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -28,7 +27,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_common import LoadWatch, median_ratio, rotated  # noqa: E402
+from bench_common import LoadWatch, emit_json, median_ratio, rotated  # noqa: E402
 from eval_throughput import DATA, recheck_report  # noqa: E402
 from xdt.data.align import Aligner  # noqa: E402
 from xdt.eval.data import load_eval_data  # noqa: E402
@@ -80,11 +79,7 @@ def main(argv: list[str] | None = None) -> int:
               "command": " ".join(["python benchmarks/eval_recheck.py", *(argv or sys.argv[1:])]),
               "models": [one_model(folder, sentences, args) for folder in args.model]}
     result["machine_load"] = watch.finish()
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit_json(result, args.out)
     parts = []
     for m in result["models"]:
         if "skipped" in m:

@@ -40,7 +40,6 @@ JSON. Goal (JSON key `vs_sorted_hf_loop`): xdt >= 1.3x the sorted HF loop in pai
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -59,7 +58,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_common import LoadWatch, median_ratio, rotated  # noqa: E402  (benchmarks/, the script's own folder)
+from bench_common import LoadWatch, emit_json, median_ratio, rotated  # noqa: E402  (benchmarks/, the script's own folder)
 from xdt.data.align import Aligner  # noqa: E402
 from xdt.data.sentence import WIKIANN_LABELS, Sentence  # noqa: E402
 from xdt.eval.data import load_eval_data  # noqa: E402
@@ -426,11 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         result["paper_protocol"] = part_speed(args)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["machine_load"] = watch.finish()
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit_json(result, args.out)
     parts = []
     ev = result.get("eval_path", {})
     if "vs_sorted_hf_loop" in ev:
