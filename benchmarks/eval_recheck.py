@@ -7,7 +7,8 @@ For each `--model` folder, on the first `--max-sentences-per-lang` test sentence
 layout): the report of `eval_throughput.recheck_report` (a fresh default model: windows and words re-checked, the
 calibration and audit ratios, the threshold; the labels bf16 alone and the re-checked run get wrong against fp32; the
 worst error ratio over every word), then `--rounds` paired rounds of prediction at auto and at fp32 (alignment done
-once; a fresh auto model each round, so each round pays for its calibration, as each `xdt eval` run does).
+once; a fresh auto model around the same weights each round, so each round pays for its calibration, as each
+`xdt eval` run does).
 Prints the machine load at start and end, one JSON object and a one-line summary; `--out FILE` also writes the JSON.
     .venv/bin/python benchmarks/eval_recheck.py --model runs/quality/b/teacher_run/teacher --langs de,ar,hi,fi
 """
@@ -30,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from bench_common import LoadWatch, emit_json, median_ratio, rotated  # noqa: E402
 from eval_throughput import DATA, recheck_report  # noqa: E402
 from xdt.data.align import Aligner  # noqa: E402
+from xdt.eval.bf16_bert import Bf16RecheckBertTokenClassifier  # noqa: E402
 from xdt.eval.data import load_eval_data  # noqa: E402
 from xdt.eval.model import load_model  # noqa: E402
 from xdt.eval.predict import predict_label_ids  # noqa: E402
@@ -43,7 +45,8 @@ def one_model(folder: str, sentences, args) -> dict:
         return {"model": folder, **report}
     features = Aligner(tokenizer, args.max_seq_length).align(sentences)
     pad = tokenizer.pad_token_id
-    paths = {"auto": lambda: predict_label_ids(load_model(folder, device="cpu", dtype="fp32").model, features,
+    # a fresh auto model per round around the loaded weights: each round calibrates, as each `xdt eval` run does
+    paths = {"auto": lambda: predict_label_ids(Bf16RecheckBertTokenClassifier(exact.model.hf), features,
                                                args.batch_size, pad, cpu),
              "fp32": lambda: predict_label_ids(exact.model, features, args.batch_size, pad, cpu)}
     cpu_s = {name: [] for name in paths}
@@ -55,7 +58,8 @@ def one_model(folder: str, sentences, args) -> dict:
     return {"model": folder, "architecture": exact.architecture, "recheck": report,
             "cpu_seconds": {k: [round(t, 3) for t in v] for k, v in cpu_s.items()},
             "auto_vs_fp32": round(median_ratio(cpu_s["fp32"], cpu_s["auto"]), 3),
-            "threshold_over_worst_error": round(report["threshold"] / report["max_error_ratio_all_words"], 2)}
+            "threshold_over_worst_error": (round(report["threshold"] / report["max_error_ratio_all_words"], 2)
+                                           if report["threshold"] else None)}  # None: too few windows to calibrate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,10 +90,11 @@ def main(argv: list[str] | None = None) -> int:
             parts.append(f"{m['model']}: {m['skipped']}")
             continue
         rc = m["recheck"]
+        margin = (f"threshold {m['threshold_over_worst_error']}x the worst error over every word"
+                  if m["threshold_over_worst_error"] else "fp32 alone (too few windows to calibrate)")
         parts.append(f"{m['model']}: {rc['labels_differing_after_recheck']} of {rc['words']:,} labels differ from fp32 "
                      f"(bf16 alone {rc['labels_differing_bf16_alone']}), {rc['share_windows_rechecked']:.1%} of "
-                     f"windows re-checked, threshold {m['threshold_over_worst_error']}x the worst error over every "
-                     f"word, {m['auto_vs_fp32']}x fp32")
+                     f"windows re-checked, {margin}, {m['auto_vs_fp32']}x fp32")
     print("SUMMARY " + "; ".join(parts) + f"; {watch.summary()}")
     return 0
 

@@ -22,7 +22,12 @@ import torch  # noqa: E402
 from xdt.data.align import Aligner  # noqa: E402
 from xdt.eval.data import load_eval_data  # noqa: E402
 from xdt.errors import XdtError  # noqa: E402
-from xdt.eval.bf16_bert import Bf16RecheckBertTokenClassifier, cpu_has_native_bf16  # noqa: E402
+from xdt.eval.bf16_bert import (  # noqa: E402
+    CALIBRATE_FROM,
+    CALIBRATION_WINDOWS,
+    Bf16RecheckBertTokenClassifier,
+    cpu_has_native_bf16,
+)
 from xdt.eval.fast_bert import FastBertTokenClassifier, supports  # noqa: E402
 from xdt.eval.model import load_model  # noqa: E402
 from xdt.eval.predict import padded_batches, predict_label_ids  # noqa: E402
@@ -146,7 +151,16 @@ def test_bf16_with_recheck_gives_the_fp32_labels(deeper_folder, sentences):
     stats = auto.model.stats
     np.testing.assert_array_equal(got, want)
     assert stats.threshold > 0 and stats.calibration_ratio > 0
+    assert stats.calibration_windows == CALIBRATION_WINDOWS and stats.windows == features.num_windows
     assert 0 < stats.rechecked_windows < stats.windows  # selective: most windows keep their bf16 labels
+
+    few = Aligner(exact.tokenizer, 64).align(sentences[:CALIBRATE_FROM // 2])  # too few windows to calibrate on
+    first = load_model(deeper_folder, device="cpu", dtype="fp32").model
+    np.testing.assert_array_equal(predict_label_ids(first, few, 32, 0, cpu),
+                                  predict_label_ids(exact.model, few, 32, 0, cpu))
+    assert first.needs_calibration and first.stats.fp32_windows == few.num_windows  # fp32 alone, still uncalibrated
+    np.testing.assert_array_equal(predict_label_ids(first, features, 32, 0, cpu), want)  # calibrates on this call
+    assert not first.needs_calibration and first.stats.calibration_windows == CALIBRATION_WINDOWS
 
     alone = Bf16RecheckBertTokenClassifier(exact.model.hf, threshold=0.0)  # no re-check
     flipped = predict_label_ids(alone, features, 32, 0, cpu) != want
@@ -198,7 +212,7 @@ def test_precision_option_of_xdt_eval(deeper_folder, tmp_path):
     for precision in ("fp32", "auto"):
         out = tmp_path / precision
         assert xdt_main(["eval", "--model", str(deeper_folder), "--data", str(XTREME), "--langs", "de,ar",
-                         "--max-sentences", "100", "--out", str(out), "--no-cache", "--no-progress",
+                         "--max-sentences", "400", "--out", str(out), "--no-cache", "--no-progress",
                          "--threads", "1", "--precision", precision]) == 0
         reports[precision] = json.loads((out / "report.json").read_text())
         for lang in ("de", "ar"):
@@ -206,5 +220,6 @@ def test_precision_option_of_xdt_eval(deeper_folder, tmp_path):
     assert reports["fp32"]["timing"]["precision"] == "fp32" and "recheck" not in reports["fp32"]["timing"]
     assert reports["auto"]["timing"]["precision"] == "bf16+fp32-recheck"
     assert reports["auto"]["timing"]["recheck"]["words"] == reports["auto"]["timing"]["words"]
+    assert reports["auto"]["timing"]["recheck"]["calibration_windows"] == CALIBRATION_WINDOWS  # bf16 did run
     for lang in ("de", "ar"):
         assert reports["auto"][lang] == reports["fp32"][lang]

@@ -10,9 +10,10 @@ changes logits slightly, so a word whose label could flip is recomputed in fp32:
   (W_a - W_c) . dh, so the threshold bounds bf16's error of h relative to its size, along the direction that
   decides between the two labels. That worst ratio differs 60x between models (3.6e-4 on a random BERT, 3.5e-3 and
   2.1e-2 on two trained ones, over every word: README), so each run measures it: first on CALIBRATION_WINDOWS
-  windows of every length (computed both ways), then on every word the re-check recomputes (an audit on thousands
-  of words that costs nothing: both results are at hand). The threshold is SAFETY times the worst ratio seen, at
-  least FLOOR;
+  windows of every length (computed both ways; their fp32 labels are kept), then on every word the re-check
+  recomputes (an audit on thousands of words that costs nothing: both results are at hand). The threshold is SAFETY
+  times the worst ratio seen, at least FLOOR. A first call with fewer than CALIBRATE_FROM windows runs in fp32 alone
+  (calibrating would cost more than bf16 saves) and leaves the calibration to a later call;
 - after the bf16 pass (`predict_label_ids`), the windows holding an unsafe word are recomputed by the exact fp32
   forward (xdt.eval.fast_bert), batched by length, and their labels replace the bf16 ones. When a re-checked word
   raises the threshold, every word not yet re-checked is judged again against it and the windows it flags are
@@ -35,6 +36,10 @@ from xdt.eval.fast_bert import FastBertTokenClassifier
 SAFETY = 2.0  # threshold = SAFETY x the worst error ratio measured (calibration windows and re-checked words)
 FLOOR = 4e-4  # ... and never below ~the smallest worst ratio seen on any model (3.7e-4, the random l6-h256)
 CALIBRATION_WINDOWS = 96  # spread over the length order: the longest batch alone read 2x low on a trained model
+# fewer windows than this in an uncalibrated model's first call: run them in fp32 alone (calibration computes its
+# windows both ways, which would cost more than bf16 saves) and calibrate on a later, larger call
+CALIBRATE_FROM = 4 * CALIBRATION_WINDOWS
+CALIBRATION_BATCH = 8  # the sample spans every length: small batches keep its padding small
 # bf16 attention as two batched products up to this many tokens: 1.3-2.2x the CPU flash kernel (SDPA) at 8-64 tokens
 # (batch 32, 8 heads), which wins from ~112 on
 BMM_ATTENTION_MAX = 96
@@ -56,7 +61,8 @@ class RecheckStats:
 
     def __init__(self):
         self.windows = self.words = self.rechecked_windows = self.rechecked_words = self.labels_changed = 0
-        self.fp32_windows = 0  # windows run by fp32 alone after giving up
+        self.fp32_windows = 0  # windows run by fp32 alone: after giving up, or before calibration
+        self.calibration_windows = 0  # windows computed both ways to calibrate (their labels are the fp32 ones)
         self.calibration_ratio: float | None = None
         self.calibration_recheck_share: float | None = None  # of tokens, predicted on the calibration windows
         self.audit_ratio = 0.0  # the worst error ratio over the re-checked words
@@ -66,7 +72,8 @@ class RecheckStats:
     def as_dict(self) -> dict:
         return {"windows": self.windows, "words": self.words, "rechecked_windows": self.rechecked_windows,
                 "rechecked_words": self.rechecked_words, "labels_changed_by_recheck": self.labels_changed,
-                "fp32_only_windows": self.fp32_windows, "threshold": self.threshold,
+                "fp32_only_windows": self.fp32_windows, "calibration_windows": self.calibration_windows,
+                "threshold": self.threshold,
                 "calibration_ratio": self.calibration_ratio, "audit_ratio": self.audit_ratio,
                 "threshold_raises": self.threshold_raises}
 
@@ -180,20 +187,28 @@ class Bf16RecheckBertTokenClassifier(torch.nn.Module):
         return self.threshold is None
 
     @torch.no_grad()
-    def calibrate(self, features, batch_size: int, pad_id: int, device: torch.device) -> None:
-        """Measure this model's bf16 error on CALIBRATION_WINDOWS windows of every length and set the threshold."""
+    def calibrate(self, features, batch_size: int, pad_id: int, device: torch.device) -> list:
+        """Measure this model's bf16 error on CALIBRATION_WINDOWS windows of every length and set the threshold.
+        Returns their fp32 results, [(window indices, word_index [b, L], fp32 logits of the slots)], for
+        predict_label_ids to keep; [] (and no threshold: fp32 alone) below CALIBRATE_FROM windows."""
         from xdt.eval.predict import padded_batches
 
+        if features.num_windows < CALIBRATE_FROM:
+            return []
         order = np.argsort(-features.window_lengths(), kind="stable")
-        sample = np.unique(order[np.linspace(0, len(order) - 1, min(len(order), CALIBRATION_WINDOWS)).astype(int)])
-        worst, seen = 0.0, []
-        for _, ids, mask, words in padded_batches(features, batch_size, pad_id, sample):
+        sample = np.unique(order[np.linspace(0, len(order) - 1, CALIBRATION_WINDOWS).astype(int)])
+        worst, seen, results = 0.0, [], []
+        for idx, ids, mask, words in padded_batches(features, min(batch_size, CALIBRATION_BATCH), pad_id, sample):
             ids, mask, rows = (torch.from_numpy(a).to(device) for a in (ids, mask, words >= 0))
             norms, logits = self._bf16_logits(ids, mask, rows.reshape(-1).nonzero().squeeze(1))
             exact = self.exact(input_ids=ids, attention_mask=mask, rows=rows).logits
             if len(norms):
                 worst = max(worst, float(self.error_ratios(norms, logits, exact).max()))
             seen.append((norms, logits, rows, mask.sum(1)))
+            results.append((idx, words, exact))
+            self.stats.calibration_windows += len(idx)
+            self.stats.windows += len(idx)
+            self.stats.words += int(rows.sum())
         self.set_threshold(worst)
         self.stats.calibration_ratio = worst
         tokens = rechecked = 0  # the share of tokens the re-check would recompute at this threshold
@@ -203,6 +218,7 @@ class Bf16RecheckBertTokenClassifier(torch.nn.Module):
             tokens, rechecked = tokens + int(lengths.sum()), rechecked + int(lengths[unsafe].sum())
         self.stats.calibration_recheck_share = rechecked / max(tokens, 1)
         self.fp32_only = self.give_up and self.stats.calibration_recheck_share > GIVE_UP
+        return results
 
     def set_threshold(self, ratio: float) -> None:
         self.threshold = self.stats.threshold = max(FLOOR, SAFETY * ratio)

@@ -52,9 +52,15 @@ def predict_label_ids(model: torch.nn.Module, features: AlignedFeatures, batch_s
     out = np.full(total, -1, dtype=np.int64)
     rows_only = getattr(model, "scores_rows", False)  # xdt.eval.fast_bert: logits of the slots alone
     bf16 = None  # xdt.eval.bf16_bert: every word's bf16 logits, |h| and window, judged after the pass
+    rest = None  # the windows still to predict (default all)
     if getattr(model, "needs_calibration", False):  # bf16_bert: measure its error before trusting any label
-        model.calibrate(features, batch_size, pad_id, device)
-    for idx, ids, mask, words in padded_batches(features, batch_size, pad_id):
+        calibrated = model.calibrate(features, batch_size, pad_id, device)
+        for idx, words, exact in calibrated:  # computed in fp32 too: keep those labels
+            position = (word_start[features.window_sentence[idx]][:, None] + words)[words >= 0]
+            out[position] = exact.argmax(-1).cpu().numpy()
+        if calibrated:
+            rest = np.setdiff1d(np.arange(features.num_windows), np.concatenate([c[0] for c in calibrated]))
+    for idx, ids, mask, words in padded_batches(features, batch_size, pad_id, rest):
         slots = words >= 0
         inputs = {"input_ids": torch.from_numpy(ids).to(device), "attention_mask": torch.from_numpy(mask).to(device)}
         position = (word_start[features.window_sentence[idx]][:, None] + words)[slots]  # row-major
@@ -86,7 +92,7 @@ def _recheck(model, features: AlignedFeatures, out: np.ndarray, bf16, word_start
     differ from fp32's, and write the fp32 labels into `out`. Each re-checked word's error is audited; where that
     raises the threshold, the words not yet re-checked are judged again, until none is left below it."""
     logits, norms, window = bf16
-    scored = window >= 0  # words of windows the fp32 path ran alone are exact already
+    scored = window >= 0  # words of windows computed in fp32 (calibration, or fp32 alone) are exact already
     done = np.zeros(len(features.window_sentence), dtype=bool)
     while True:
         unsafe = np.zeros(len(out), dtype=bool)
