@@ -58,7 +58,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_common import LoadWatch, emit_json, median_ratio, rotated  # noqa: E402  (benchmarks/, the script's own folder)
+from bench_common import LoadWatch, emit_json, median_ratio, rotated  # noqa: E402  (the script's own folder)
 from xdt.data.align import Aligner  # noqa: E402
 from xdt.data.sentence import WIKIANN_LABELS, Sentence  # noqa: E402
 from xdt.eval.data import load_eval_data  # noqa: E402
