@@ -56,14 +56,13 @@ def predict_label_ids(model: torch.nn.Module, features: AlignedFeatures, batch_s
     if getattr(model, "needs_calibration", False):  # bf16_bert: measure its error before trusting any label
         calibrated = model.calibrate(features, batch_size, pad_id, device)
         for idx, words, exact in calibrated:  # computed in fp32 too: keep those labels
-            position = (word_start[features.window_sentence[idx]][:, None] + words)[words >= 0]
-            out[position] = exact.argmax(-1).cpu().numpy()
+            out[_positions(features, word_start, idx, words)] = exact.argmax(-1).cpu().numpy()
         if calibrated:
             rest = np.setdiff1d(np.arange(features.num_windows), np.concatenate([c[0] for c in calibrated]))
     for idx, ids, mask, words in padded_batches(features, batch_size, pad_id, rest):
         slots = words >= 0
         inputs = {"input_ids": torch.from_numpy(ids).to(device), "attention_mask": torch.from_numpy(mask).to(device)}
-        position = (word_start[features.window_sentence[idx]][:, None] + words)[slots]  # row-major
+        position = _positions(features, word_start, idx, words)
         if rows_only:  # logits of the slots alone, in the order of position
             result = model(**inputs, rows=torch.from_numpy(slots))
             logits = result.logits.cpu()
@@ -86,6 +85,11 @@ def predict_label_ids(model: torch.nn.Module, features: AlignedFeatures, batch_s
     return out
 
 
+def _positions(features: AlignedFeatures, word_start: np.ndarray, idx: np.ndarray, words: np.ndarray) -> np.ndarray:
+    """Flat word indices of a batch's prediction slots (windows `idx`, word_index `words` [b, L]), row-major."""
+    return (word_start[features.window_sentence[idx]][:, None] + words)[words >= 0]
+
+
 def _recheck(model, features: AlignedFeatures, out: np.ndarray, bf16, word_start: np.ndarray, batch_size: int,
              pad_id: int, device: torch.device) -> None:
     """xdt.eval.bf16_bert: recompute in fp32, batched by length, every window holding a word whose bf16 label could
@@ -105,7 +109,7 @@ def _recheck(model, features: AlignedFeatures, out: np.ndarray, bf16, word_start
         done[todo] = True
         for idx, ids, mask, words in padded_batches(features, batch_size, pad_id, todo):
             slots = words >= 0
-            position = (word_start[features.window_sentence[idx]][:, None] + words)[slots]
+            position = _positions(features, word_start, idx, words)
             exact = model.exact(input_ids=torch.from_numpy(ids).to(device),
                                 attention_mask=torch.from_numpy(mask).to(device),
                                 rows=torch.from_numpy(slots)).logits.cpu()
