@@ -149,15 +149,16 @@ class Bf16RecheckBertTokenClassifier(torch.nn.Module):
             x = p["ln2"](F.linear(inner, p["w_ffn"], p["b_ffn"]).float() + a)
         return x
 
-    def error_ratios(self, norms: torch.Tensor, logits: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
-        """Per row, the worst |d(l_a - l_c)| / (|h| |W_a - W_c|) over label pairs: the error the threshold bounds."""
+    def worst_error(self, norms: torch.Tensor, logits: torch.Tensor, exact: torch.Tensor) -> float:
+        """Worst |d(l_a - l_c)| / (|h| |W_a - W_c|) over rows and label pairs (0 for no rows): the error the
+        threshold bounds."""
         if not len(norms):
-            return torch.zeros(0)
+            return 0.0
         d = logits - exact
         dd = (d[:, :, None] - d[:, None, :]).abs()
         scale = norms[:, None, None] * self.pair_norm
         off = ~torch.eye(len(self.cls_w), dtype=torch.bool)
-        return (dd / scale.clamp_min(1e-30))[:, off].amax(1)
+        return float((dd / scale.clamp_min(1e-30))[:, off].max())
 
     def unsafe_rows(self, norms: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """bool [rows]: another label within reach of bf16's error (norms: |h| of each row)."""
@@ -170,7 +171,7 @@ class Bf16RecheckBertTokenClassifier(torch.nn.Module):
     def audit(self, norms: torch.Tensor, logits: torch.Tensor, exact: torch.Tensor) -> None:
         """Re-checked rows: their bf16 logits against the fp32 ones. A worse error than the threshold allows for
         raises it (a measured threshold only); predict_label_ids then judges the unchecked words again."""
-        ratio = float(self.error_ratios(norms, logits, exact).max()) if len(norms) else 0.0
+        ratio = self.worst_error(norms, logits, exact)
         self.stats.audit_ratio = max(self.stats.audit_ratio, ratio)
         if self.measured and SAFETY * ratio > self.threshold:
             self.set_threshold(ratio)
@@ -202,8 +203,7 @@ class Bf16RecheckBertTokenClassifier(torch.nn.Module):
             ids, mask, rows = (torch.from_numpy(a).to(device) for a in (ids, mask, words >= 0))
             norms, logits = self._bf16_logits(ids, mask, rows.reshape(-1).nonzero().squeeze(1))
             exact = self.exact(input_ids=ids, attention_mask=mask, rows=rows).logits
-            if len(norms):
-                worst = max(worst, float(self.error_ratios(norms, logits, exact).max()))
+            worst = max(worst, self.worst_error(norms, logits, exact))
             seen.append((norms, logits, rows, mask.sum(1)))
             results.append((idx, words, exact))
             self.stats.calibration_windows += len(idx)

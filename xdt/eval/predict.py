@@ -97,11 +97,11 @@ def _recheck(model, features: AlignedFeatures, out: np.ndarray, bf16, word_start
     raises the threshold, the words not yet re-checked are judged again, until none is left below it."""
     logits, norms, window = bf16
     scored = window >= 0  # words of windows computed in fp32 (calibration, or fp32 alone) are exact already
-    done = np.zeros(len(features.window_sentence), dtype=bool)
+    scored_norms, scored_logits = norms[torch.from_numpy(scored)], logits[torch.from_numpy(scored)]
+    done = np.zeros(features.num_windows, dtype=bool)
     while True:
         unsafe = np.zeros(len(out), dtype=bool)
-        at = torch.from_numpy(scored)
-        unsafe[scored] = model.unsafe_rows(norms[at], logits[at]).numpy()
+        unsafe[scored] = model.unsafe_rows(scored_norms, scored_logits).numpy()
         todo = np.unique(window[unsafe])
         todo = todo[~done[todo]]
         if not len(todo):
