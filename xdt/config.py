@@ -127,7 +127,10 @@ class DistillConfig:
     attention_loss: Literal["none", "mse", "kl"] = "none"
     projection_dropout: float = 0.1
     # where the hidden-state and logit terms count: every real token (the papers) or each word's first sub-word
-    positions: Literal["tokens", "words"] = "tokens"
+    positions: Literal["tokens", "words"] = "tokens"  # words wherever the teacher has its own tokenizer
+    # a teacher with another tokenizer (found in teacher.model's folder): its outputs are brought to each word from
+    # the word's first sub-word or the mean of its sub-words, on its own tokenization (xdt.data.word_bridge)
+    word_pooling: Literal["first", "mean"] = "first"
     mask_padding: bool = True  # the released code also averages over padding; see README, deviations
     batch_size: int = 32
     # what a strategy preset gives each of its stages (explicit `stages` set their own)

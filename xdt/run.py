@@ -30,15 +30,23 @@ def prepare(cfg: RunConfig):
     """(data folder, tokenizer, task data) for a run: mock data and vocabulary generated when asked."""
     from xdt.config import MOCK
     from xdt.data.mock import materialize_mock, materialize_mock_transfer
-    from xdt.data.tokenizer import load_tokenizer
+    from xdt.data.tokenizer import has_tokenizer, load_tokenizer
     from xdt.distill.data import load_task_data
     from xdt.errors import ConfigError
 
     data_dir, tok_dir = materialize_mock(cfg)
+    tokenizer = load_tokenizer(tok_dir)
+    # a teacher folder with a tokenizer of its own is read with it; where that is not the student's, per word
+    teacher_tokenizer = load_tokenizer(cfg.teacher.model) if cfg.teacher.model and has_tokenizer(cfg.teacher.model) \
+        else None
     if cfg.data.task == "sequence":
         from xdt.data.classification import load_classification_data
+        from xdt.data.tokenizer import tokenizer_fingerprint
 
-        tokenizer = load_tokenizer(tok_dir)
+        if teacher_tokenizer is not None and tokenizer_fingerprint(teacher_tokenizer) != \
+                tokenizer_fingerprint(tokenizer):
+            raise ConfigError(f"teacher.model: {cfg.teacher.model} has another tokenizer than tokenizer.path; "
+                              "data.task sequence needs one tokenizer (cross-tokenizer distillation is per word, NER)")
         return data_dir, tokenizer, load_classification_data(cfg, data_dir, tokenizer, cfg.data.labels)
     if cfg.data.transfer == MOCK:
         if cfg.data.path != MOCK:
@@ -46,8 +54,7 @@ def prepare(cfg: RunConfig):
                               "data name a set built by `xdt transfer build`, or null for the training text")
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(
             cfg.data, transfer=str(materialize_mock_transfer(cfg, data_dir))))
-    tokenizer = load_tokenizer(tok_dir)
-    return data_dir, tokenizer, load_task_data(cfg, str(data_dir), tokenizer)
+    return data_dir, tokenizer, load_task_data(cfg, str(data_dir), tokenizer, teacher_tokenizer=teacher_tokenizer)
 
 
 def run_parts(cfg: RunConfig, command: str) -> list[str]:
@@ -93,6 +100,9 @@ def check_run(cfg: RunConfig, data, data_dir: Path, parts: list[str], evaluate: 
     from xdt.models.layer_map import resolve_layer_map, teacher_layers_to_copy
     from xdt.models.student import student_shape
 
+    from xdt.distill.train import check_cross_tokenizer
+
+    check_cross_tokenizer(cfg, data)
     if cfg.teacher.model:
         tcfg = _model_config(cfg.teacher.model, "teacher.model")
         who = f"teacher.model {cfg.teacher.model}"
@@ -207,7 +217,8 @@ def train_teacher_step(cfg: RunConfig, data, out: Path) -> dict:
     done = out / TEACHER_DONE
     if cfg.output.resume == "auto" and done.exists():
         return json.loads(done.read_text())
-    result = train_teacher(cfg, data, out, task=cfg.data.task, **loop_kwargs(cfg, data))
+    teacher_data = data.for_teacher() if cfg.data.task == "token" else data  # its own tokenizer and windows
+    result = train_teacher(cfg, teacher_data, out, task=cfg.data.task, **loop_kwargs(cfg, data))
     summary = {"path": str(result.path), "best_dev_f1": result.best_dev_f1, "steps": result.steps,
                "stopped_early": result.stopped_early}
     if is_main():
@@ -216,11 +227,17 @@ def train_teacher_step(cfg: RunConfig, data, out: Path) -> dict:
 
 
 def cache_keys(cfg: RunConfig, data) -> dict:
+    """What a teacher cache is keyed by: the student's windows and tokenizer, the teacher's tokenizer (and, where
+    it is another, how words are pooled)."""
     from xdt.data.tokenizer import tokenizer_fingerprint
     from xdt.distill.teacher_cache import features_content_id
 
-    return {"content_id": features_content_id(data.transfer.features),
+    keys = {"content_id": features_content_id(data.transfer.features),
             "tokenizer_fp": tokenizer_fingerprint(data.tokenizer), "max_seq_length": cfg.data.max_seq_length}
+    if data.cross_tokenizer:
+        keys |= {"teacher_tokenizer_fp": tokenizer_fingerprint(data.teacher_tokenizer),
+                 "word_pooling": cfg.distill.word_pooling}
+    return keys
 
 
 def cache_step(cfg: RunConfig, data, teacher_dir: Path) -> dict:
@@ -244,7 +261,9 @@ def cache_step(cfg: RunConfig, data, teacher_dir: Path) -> dict:
     return build_teacher_cache(teacher, data.transfer.features, cfg.distill.teacher_cache, layers=layers,
                                batch_size=cfg.eval.batch_size, teacher_path=teacher_dir, rank=rank(),
                                world=world_size(), dtype=getattr(np, cfg.distill.cache_dtype),
-                               pad_id=data.tokenizer.pad_token_id, progress=is_main(), **cache_keys(cfg, data))
+                               pad_id=data.teacher_tokenizer.pad_token_id, progress=is_main(),
+                               bridge=data.teacher.bridges["transfer"] if data.cross_tokenizer else None,
+                               **cache_keys(cfg, data))
 
 
 def _teacher_word_embeddings(teacher_dir: Path) -> torch.Tensor:
@@ -268,13 +287,14 @@ def distill_step(cfg: RunConfig, data, teacher_dir: Path, out: Path) -> dict:
     from xdt.distill.strategies import resolve_stages
     from xdt.distill.teacher_cache import TeacherCache, teacher_weights_hash
     from xdt.distill.teacher_train import teacher_device_dtype
-    from xdt.distill.train import cached_layers, distill, stage_reads_cache
+    from xdt.distill.train import cached_layers, check_cross_tokenizer, distill, stage_reads_cache
     from xdt.engine.distributed import world_size
     from xdt.engine.ds_config import build_ds_config
     from xdt.engine.zero3 import build_config, frozen_config, zero3_build
     from xdt.models.student import build_student, count_parameters, student_shape
 
     eager = cfg.distill.attention_loss != "none"
+    check_cross_tokenizer(cfg, data)
     tcfg = AutoConfig.from_pretrained(str(teacher_dir))
     cache = None
     if cfg.distill.teacher_cache:
@@ -286,6 +306,7 @@ def distill_step(cfg: RunConfig, data, teacher_dir: Path, out: Path) -> dict:
     needs_live = any(s.losses.get(t, 0) > 0 for s in resolve_stages(cfg) if not stage_reads_cache(s, cache, cfg)
                      for t in ("hidden", "attention", "logits"))
     svd = cfg.student.embedding_init in ("svd", "pca") and not cfg.student.init_from
+    cut = cfg.student.embedding_init == "teacher" and not cfg.student.init_from
     dev, dtype = teacher_device_dtype()
     # ZeRO-3: teacher and student are built partitioned, under the config distill() trains with (the teacher in
     # its own precision); no rank holds either whole
@@ -296,12 +317,18 @@ def distill_step(cfg: RunConfig, data, teacher_dir: Path, out: Path) -> dict:
     with zero3_build(partitioned and frozen_config(partitioned, dtype)):
         teacher = load_teacher_model(teacher_dir, data.labels, eager, cfg.data.task) if needs_live or \
             cfg.student.embedding_init == "teacher" else None
+    word_rows = None  # the teacher's word embeddings, for the student's pieces
+    if (svd and teacher is None) or ((svd or cut) and data.cross_tokenizer):
+        word_rows = _teacher_word_embeddings(teacher_dir)
+        if data.cross_tokenizer:
+            from xdt.models.vocab_map import cross_vocab_embeddings
+
+            word_rows = cross_vocab_embeddings(word_rows, data.tokenizer, data.teacher_tokenizer)
     torch.manual_seed(cfg.seed)  # the student's random initialisation is part of what a seed reproduces
     with zero3_build(partitioned):
         student = build_student(cfg.student, vocab_size=len(data.tokenizer), labels=data.labels,
                                 task=cfg.data.task, teacher=teacher, copy_layer_map=cfg.distill.layer_map,
-                                teacher_word_embeddings=_teacher_word_embeddings(teacher_dir)
-                                if svd and teacher is None else None, pad_token_id=data.tokenizer.pad_token_id,
+                                teacher_word_embeddings=word_rows, pad_token_id=data.tokenizer.pad_token_id,
                                 attn_implementation="eager" if eager else None,
                                 attention_dropout=0.0 if eager else None)
     sizes = {"teacher_parameters": count_parameters(teacher) if teacher is not None else None,

@@ -11,6 +11,15 @@ from pathlib import Path
 from xdt.errors import XdtError
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model")
+
+
+def has_tokenizer(folder: str | Path) -> bool:
+    """Whether a local folder holds tokenizer files (a model folder saved with its tokenizer does)."""
+    path = Path(folder)
+    return path.is_dir() and any((path / f).exists() for f in TOKENIZER_FILES)
+
+
 def load_tokenizer(name_or_dir: str | Path):
     from transformers import AutoTokenizer
 
@@ -18,8 +27,7 @@ def load_tokenizer(name_or_dir: str | Path):
     local = path.exists()
     if local and not path.is_dir():
         raise XdtError(f"{path}: tokenizer must be a folder holding tokenizer.json or vocab.txt")
-    if local and not any((path / f).exists() for f in ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model",
-                                                        "spiece.model", "tokenizer.model")):
+    if local and not has_tokenizer(path):
         raise XdtError(f"{path}: no tokenizer files (tokenizer.json, vocab.txt, sentencepiece model) in this folder")
     if not local and (str(name_or_dir).startswith((".", "/", "~")) or os.environ.get("HF_HUB_OFFLINE") == "1"):
         raise XdtError(f"{name_or_dir}: tokenizer folder not found (and hub names cannot be fetched offline)")

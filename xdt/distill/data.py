@@ -14,6 +14,8 @@ from xdt.data.cache import align_cached, default_cache_dir, file_digest
 from xdt.data.discover import discover, read_source
 from xdt.data.readers import ReadOptions, ReadReport
 from xdt.data.sentence import WIKIANN_LABELS, Sentence
+from xdt.data.tokenizer import tokenizer_fingerprint
+from xdt.data.word_bridge import WordBridge
 from xdt.errors import DataError, XdtError
 
 log = logging.getLogger(__name__)
@@ -27,17 +29,43 @@ class SplitData:
 
 
 @dataclass
+class TeacherView:
+    """The same sentences aligned with the teacher's own tokenizer, where it is not the student's."""
+
+    tokenizer: object
+    train: SplitData  # labeled: what the teacher is fine-tuned on
+    dev: dict[str, SplitData]
+    bridges: dict[str, WordBridge]  # "transfer", "labeled": student word slots -> teacher sub-word spans
+
+
+@dataclass
 class TaskData:
     labels: list[str]
-    tokenizer: object
+    tokenizer: object  # the student's
     train: SplitData
     dev: dict[str, SplitData]  # per language: model selection is on the mean dev F1 over languages
     transfer: SplitData  # unlabeled: the transfer set, or the train sentences with their labels ignored
     skipped: list[str]
+    teacher: TeacherView | None = None  # None: the teacher shares the student's tokenizer
 
     @property
     def label2id(self) -> dict[str, int]:
         return {t: i for i, t in enumerate(self.labels)}
+
+    @property
+    def cross_tokenizer(self) -> bool:
+        return self.teacher is not None
+
+    @property
+    def teacher_tokenizer(self):
+        return self.teacher.tokenizer if self.teacher is not None else self.tokenizer
+
+    def for_teacher(self) -> TaskData:
+        """This data as the teacher sees it: its tokenizer, its windows (for `xdt teacher train`)."""
+        if self.teacher is None:
+            return self
+        return TaskData(self.labels, self.teacher.tokenizer, self.teacher.train, self.teacher.dev, self.transfer,
+                        self.skipped)
 
 
 def label_set(sentences: list[Sentence]) -> list[str]:
@@ -95,7 +123,9 @@ def read_transfer_sentences(path: str) -> tuple[list[Sentence], str]:
 
 
 def load_task_data(cfg: RunConfig, data_path: str, tokenizer, labels: list[str] | None = None,
-                   need_transfer: bool = True) -> TaskData:
+                   need_transfer: bool = True, teacher_tokenizer=None) -> TaskData:
+    """Every split aligned with the student's `tokenizer`; where `teacher_tokenizer` is another tokenizer, aligned
+    with it too, and each word of the student's windows bridged to the teacher's (`TaskData.teacher`)."""
     cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
     report = ReadReport()
     train, train_id = _read(data_path, cfg.data.train_split, cfg.data.langs, cfg, report)
@@ -109,17 +139,34 @@ def load_task_data(cfg: RunConfig, data_path: str, tokenizer, labels: list[str] 
         part = [s for s in dev_sentences if s.lang == lang]
         dev[lang] = _split_data(part, aligner, f"{dev_id}|{lang}" if dev_id else None, cache)
 
+    transfer_id = None
     if cfg.data.transfer and need_transfer:
-        sentences, content = read_transfer_sentences(cfg.data.transfer)
-        transfer = _split_data(sentences, Aligner(tokenizer, cfg.data.max_seq_length), content, cache)
+        sentences, transfer_id = read_transfer_sentences(cfg.data.transfer)
+        transfer = _split_data(sentences, Aligner(tokenizer, cfg.data.max_seq_length), transfer_id, cache)
     else:  # the paper's transfer data: the labeled training text with its labels ignored
-        unlabeled = AlignedFeatures(**{**train_data.features.__dict__,
-                                       "labels": np.full_like(train_data.features.labels, -100)})
-        transfer = SplitData(train, unlabeled, train_data.langs)
+        transfer = SplitData(train, _unlabeled(train_data.features), train_data.langs)
+    view = None
+    if teacher_tokenizer is not None and tokenizer_fingerprint(teacher_tokenizer) != tokenizer_fingerprint(tokenizer):
+        t_aligner = Aligner(teacher_tokenizer, cfg.data.max_seq_length, aligner.label2id)
+        t_train = _split_data(train, t_aligner, train_id, cache)
+        t_dev = {lang: _split_data(split.sentences, t_aligner, f"{dev_id}|{lang}" if dev_id else None, cache)
+                 for lang, split in dev.items()}
+        if transfer_id is not None:
+            t_transfer = align_cached(transfer.sentences, Aligner(teacher_tokenizer, cfg.data.max_seq_length),
+                                      transfer_id, cache)
+        else:
+            t_transfer = _unlabeled(t_train.features)
+        view = TeacherView(teacher_tokenizer, t_train, t_dev,
+                           {"transfer": WordBridge.build(transfer.features, t_transfer),
+                            "labeled": WordBridge.build(train_data.features, t_train.features)})
     for line in report.skipped:
         log.warning("skipped %s", line)
     for line in report.converted:
         log.warning("converted %s", line)
     if not dev:
         raise XdtError(f"{data_path}: no dev sentences; model selection needs a dev split ({cfg.data.dev_split})")
-    return TaskData(labels, tokenizer, train_data, dev, transfer, report.skipped)
+    return TaskData(labels, tokenizer, train_data, dev, transfer, report.skipped, view)
+
+
+def _unlabeled(features: AlignedFeatures) -> AlignedFeatures:
+    return AlignedFeatures(**{**features.__dict__, "labels": np.full_like(features.labels, -100)})

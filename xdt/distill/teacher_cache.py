@@ -14,7 +14,10 @@ Layout of a cache folder (one shard per rank; rank r holds windows r, r + world,
         shard.json                       what the shard was built from (teacher hash, data, tokenizer, ...)
         complete                         marker: the shard folder is renamed into place after it is written
 
-Only the real tokens of a window are stored ([CLS] ... [SEP], no padding). A shard is written to a temporary
+Only the real tokens of a window are stored ([CLS] ... [SEP], no padding). Where the teacher's tokenizer is not the
+student's (`unit: word`), a window's rows are its words instead: one row per word slot of the student's window, in
+order, each the teacher's output for that word pooled over its own sub-words (`xdt.data.word_bridge`); the manifest
+then records both tokenizers' fingerprints and the pooling. A shard is written to a temporary
 folder and renamed into place, so a crash never leaves a shard that reads as complete; `manifest.json` is written
 only after every shard is, so a reader refuses a partial cache. `TeacherCache.open` also refuses a stale one: the
 manifest records the teacher weights' hash, the data's content id, the tokenizer fingerprint and max length, and
@@ -36,6 +39,7 @@ import numpy as np
 import torch
 
 from xdt.data.align import AlignedFeatures
+from xdt.data.word_bridge import Pooling, WordBridge, scatter_words
 from xdt.errors import XdtError
 
 FORMAT = "xdt-teacher-cache"
@@ -43,7 +47,7 @@ VERSION = 1
 MANIFEST = "manifest.json"
 MARKER = "complete"
 # fields that decide the cached values: a mismatch makes the cache stale
-_KEYED = ("teacher_hash", "content_id", "tokenizer_fp", "max_seq_length")
+_KEYED = ("teacher_hash", "content_id", "tokenizer_fp", "max_seq_length", "teacher_tokenizer_fp", "word_pooling")
 _DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
@@ -152,15 +156,26 @@ def _read_json(path: Path) -> dict:
     return value
 
 
-def _store(out: np.ndarray, rows: list[tuple[int, int]], values: torch.Tensor, what: str) -> None:
-    """Copy each window's real rows of `values` [B, T, D] (fp32) into `out` at its shard rows."""
+def _cast(values: torch.Tensor, dtype, what: str) -> np.ndarray:
+    """Teacher outputs as a numpy array of the cache's dtype; values a float16 cache cannot hold are refused."""
     v = values.detach().to(device="cpu", dtype=torch.float32).numpy()
-    cast = v.astype(out.dtype)
-    if out.dtype != np.float32 and not np.isfinite(cast).all() and np.isfinite(v).all():
-        raise XdtError(f"teacher {what} exceed the {out.dtype} range (max |x| = {np.abs(v).max():.4g}); "
+    cast = v.astype(dtype)
+    if dtype != np.float32 and not np.isfinite(cast).all() and np.isfinite(v).all():
+        raise XdtError(f"teacher {what} exceed the {np.dtype(dtype).name} range (max |x| = {np.abs(v).max():.4g}); "
                        "build the cache with dtype float32")
+    return cast
+
+
+def _store(out: np.ndarray, rows: list[tuple[int, int]], values: torch.Tensor, what: str) -> None:
+    """Copy each window's real rows of `values` [B, T, D] into `out` at its shard rows."""
+    cast = _cast(values, out.dtype, what)
     for b, (lo, n) in enumerate(rows):
         out[lo:lo + n] = cast[b, :n]
+
+
+def _store_rows(out: np.ndarray, dest: np.ndarray, values: torch.Tensor, what: str) -> None:
+    """Per-word `values` [W, D] into rows `dest` of `out`."""
+    out[dest] = _cast(values, out.dtype, what)
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
@@ -169,11 +184,28 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def _keyed(manifest: dict, key: str):
+    """A keyed field of a manifest; caches written before cross-tokenizer caching had one tokenizer, per token."""
+    if key == "teacher_tokenizer_fp" and key not in manifest:
+        return manifest.get("tokenizer_fp")
+    return manifest.get(key)
+
+
+def window_rows(features: AlignedFeatures, windows: np.ndarray, unit: str) -> np.ndarray:
+    """Rows a cache stores per window: its tokens, or (unit word) its word slots."""
+    if unit == "token":
+        return (features.offsets[windows + 1] - features.offsets[windows]).astype(np.int64)
+    slots = np.add.reduceat((features.word_index >= 0).astype(np.int64), features.offsets[:-1]) \
+        if len(features.input_ids) else np.zeros(features.num_windows, np.int64)
+    return slots[windows].astype(np.int64)
+
+
 @torch.no_grad()
 def build_teacher_cache(teacher: torch.nn.Module, features: AlignedFeatures, out_dir: str | Path, *,
                         layers: list[int], batch_size: int, content_id: str, tokenizer_fp: str,
                         max_seq_length: int, teacher_path: str | Path | None, rank: int = 0, world: int = 1,
-                        dtype=np.float16, pad_id: int = 0, progress: bool = True) -> dict:
+                        dtype=np.float16, pad_id: int = 0, progress: bool = True, bridge: WordBridge | None = None,
+                        teacher_tokenizer_fp: str | None = None, word_pooling: Pooling = "first") -> dict:
     """Run the teacher (eval mode, no gradients) over this rank's windows (r::world) and write its shard; when
     every shard is complete, write `manifest.json` (rank 0 after a barrier under torch.distributed; otherwise the
     process that completes the last shard). Returns the manifest when this call wrote or found it complete, else
@@ -181,7 +213,9 @@ def build_teacher_cache(teacher: torch.nn.Module, features: AlignedFeatures, out
 
     `teacher_path`: the teacher's folder, hashed by its safetensors files; None (or a folder without them) hashes
     the module's state_dict. `layers`: teacher hidden-state numbers to store (0 = embeddings, L = last layer);
-    may be empty (logits only). `pad_id`: the tokenizer's pad id (padding is masked, so only speed depends on it).
+    may be empty (logits only). `pad_id`: the teacher tokenizer's pad id (padding is masked, so only speed depends
+    on it). `bridge`: where the teacher has its own tokenizer (fingerprint `teacher_tokenizer_fp`), the word bridge
+    of `features` (the student's windows) to the teacher's; rows are then words, pooled by `word_pooling`.
     """
     out_dir = Path(out_dir)
     dtype_name = np.dtype(dtype).name
@@ -199,7 +233,12 @@ def build_teacher_cache(teacher: torch.nn.Module, features: AlignedFeatures, out
                     if teacher_path is not None and any(Path(teacher_path).glob("*.safetensors"))
                     else teacher_weights_hash(teacher))
     num_labels, hidden = int(config.num_labels), int(config.hidden_size)
-    meta = {"format": FORMAT, "version": VERSION, "teacher_hash": teacher_hash,
+    unit = "word" if bridge is not None else "token"
+    if bridge is not None and (teacher_tokenizer_fp is None or teacher_tokenizer_fp == tokenizer_fp):
+        raise XdtError("teacher cache: a word bridge needs the teacher's own tokenizer fingerprint (it differs from "
+                       "the student's)")
+    meta = {"unit": unit, "teacher_tokenizer_fp": teacher_tokenizer_fp or tokenizer_fp,
+            "word_pooling": word_pooling if bridge is not None else None,"format": FORMAT, "version": VERSION, "teacher_hash": teacher_hash,
             "teacher_path": str(teacher_path) if teacher_path is not None else None, "content_id": content_id,
             "tokenizer_fp": tokenizer_fp, "max_seq_length": int(max_seq_length), "layers": layers,
             "num_hidden_states": num_states, "num_labels": num_labels, "hidden_size": hidden, "dtype": dtype_name,
@@ -230,7 +269,7 @@ def build_teacher_cache(teacher: torch.nn.Module, features: AlignedFeatures, out
         shutil.rmtree(final)
 
     windows = shard_windows(features.num_windows, rank, world)
-    lengths = (features.offsets[windows + 1] - features.offsets[windows]).astype(np.int64)
+    lengths = window_rows(features, windows, unit)
     offsets = np.zeros(len(windows) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     row_of = {int(w): (int(offsets[i]), int(lengths[i])) for i, w in enumerate(windows)}
@@ -253,14 +292,26 @@ def build_teacher_cache(teacher: torch.nn.Module, features: AlignedFeatures, out
             from tqdm import tqdm
 
             bar = tqdm(total=len(batches), desc=f"teacher cache {name}", dynamic_ncols=True)
-        for batch in batches:
-            ids, mask = _collate(features, batch, pad_id)
+        def run_teacher(ids: torch.Tensor, mask: torch.Tensor) -> dict:
             out = teacher(input_ids=ids.to(device), attention_mask=mask.to(device),
                           output_hidden_states=bool(layers))
+            return {"logits": out.logits, "hidden_states": out.hidden_states}
+
+        for batch in batches:
             rows = [row_of[int(w)] for w in batch]
-            _store(logits, rows, out.logits, "logits")
+            if bridge is None:
+                out = run_teacher(*_collate(features, batch, pad_id))
+                _store(logits, rows, out["logits"], "logits")
+                for x in layers:
+                    _store(states[x], rows, out["hidden_states"][x], f"hidden state {x}")
+                continue
+            # per word: the batch's words in window order, each window's rows consecutive
+            _, _, words = bridge.slots(batch)
+            dest = np.concatenate([np.arange(lo, lo + n) for lo, n in rows])
+            values = bridge.word_outputs(run_teacher, words, layers, word_pooling, pad_id)
+            _store_rows(logits, dest, values["logits"], "logits")
             for x in layers:
-                _store(states[x], rows, out.hidden_states[x], f"hidden state {x}")
+                _store_rows(states[x], dest, values[x], f"hidden state {x}")
             if bar is not None:
                 bar.update(1)
         if bar is not None:
@@ -330,14 +381,17 @@ class TeacherCache:
         self.num_labels: int = manifest["num_labels"]
         self.hidden_size: int = manifest["hidden_size"]
         self.num_hidden_states: int = manifest["num_hidden_states"]
+        self.unit: str = manifest.get("unit", "token")
         self._shards = shards
         self._shard_of, self._start_of, self._length_of = shard_of, start_of, length_of
 
     @classmethod
     def open(cls, path: str | Path, *, content_id: str, tokenizer_fp: str, max_seq_length: int,
-             teacher_hash: str | None, layers_needed: list[int] = ()) -> TeacherCache:
+             teacher_hash: str | None, layers_needed: list[int] = (), teacher_tokenizer_fp: str | None = None,
+             word_pooling: Pooling | None = None) -> TeacherCache:
         """Refuses (XdtError naming the field) a cache built from another teacher (`teacher_hash`; None skips
-        this check), other data, tokenizer or max length, one that lacks a needed hidden state, and a partial one.
+        this check), other data, student or teacher tokenizer (`teacher_tokenizer_fp`, None: the student's),
+        pooling, or max length, one that lacks a needed hidden state, and a partial one.
         """
         path = Path(path)
         mf = path / MANIFEST
@@ -350,11 +404,13 @@ class TeacherCache:
         if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
             raise XdtError(f"{path}: not an {FORMAT} v{VERSION} cache (format {manifest.get('format')!r}, "
                            f"version {manifest.get('version')!r}); rebuild it")
+        cross = teacher_tokenizer_fp is not None and teacher_tokenizer_fp != tokenizer_fp
         wanted = {"teacher_hash": teacher_hash, "content_id": content_id, "tokenizer_fp": tokenizer_fp,
-                  "max_seq_length": int(max_seq_length)}
+                  "max_seq_length": int(max_seq_length), "teacher_tokenizer_fp": teacher_tokenizer_fp or tokenizer_fp,
+                  "word_pooling": word_pooling if cross else None}
         for key in _KEYED:
-            if wanted[key] is not None and manifest[key] != wanted[key]:
-                raise XdtError(f"{path}: stale teacher cache: {key} is {manifest[key]!r} in the cache, "
+            if (wanted[key] is not None or key == "word_pooling") and _keyed(manifest, key) != wanted[key]:
+                raise XdtError(f"{path}: stale teacher cache: {key} is {_keyed(manifest, key)!r} in the cache, "
                                f"{wanted[key]!r} now; rebuild it")
         missing = sorted(set(int(x) for x in layers_needed) - set(manifest["layers"]))
         if missing:
@@ -373,7 +429,7 @@ class TeacherCache:
                 raise XdtError(f"{d}: partial teacher cache: shard without its '{MARKER}' marker; rebuild it")
             meta = _read_json(d / "shard.json")
             for key in (*_KEYED, "layers", "num_windows", "dtype"):
-                if meta.get(key) != manifest[key]:
+                if _keyed(meta, key) != _keyed(manifest, key):
                     raise XdtError(f"{d}: shard {key} {meta.get(key)!r} differs from the manifest's "
                                    f"{manifest[key]!r} (rebuilt after the manifest); rebuild the cache")
             arrays = {"logits": _load_array(d / "logits.npy")}
@@ -401,9 +457,9 @@ class TeacherCache:
         return self._length_of.copy()
 
     def check_features(self, features: AlignedFeatures) -> None:
-        """Refuse features whose windows are not the cached ones (count or lengths differ)."""
-        if features.num_windows != self.num_windows or not np.array_equal(features.window_lengths(),
-                                                                          self._length_of):
+        """Refuse features whose windows are not the cached ones (count, or tokens / words per window, differ)."""
+        if features.num_windows != self.num_windows or not np.array_equal(
+                window_rows(features, np.arange(features.num_windows), self.unit), self._length_of):
             raise XdtError(f"{self.path}: stale teacher cache: its windows differ from the data's "
                            f"({self.num_windows} cached, {features.num_windows} now); rebuild it")
 
@@ -413,12 +469,15 @@ class TeacherCache:
         lo = self._start_of[k]
         return arrays[layer][lo:lo + self._length_of[k]]
 
-    def batch(self, windows: torch.Tensor | np.ndarray, width: int, device: torch.device | str | None = None
-              ) -> dict:
+    def batch(self, windows: torch.Tensor | np.ndarray, width: int, device: torch.device | str | None = None,
+              word_index: torch.Tensor | None = None) -> dict:
         """Teacher outputs of a batch as the distillation losses read them: `logits` float32 [B, width, C] and
         `hidden_states` (a tuple indexed by teacher state number, None where not stored) [B, width, H], zero past
-        each window's length; `attentions` None (never cached)."""
+        each window's length; `attentions` None (never cached). A per-word cache (`unit` word) needs the batch's
+        `word_index` [B, width]: each word's row goes to its slot (word_index >= 0), zero elsewhere."""
         w = np.asarray(windows.cpu() if isinstance(windows, torch.Tensor) else windows, np.int64).reshape(-1)
+        if self.unit == "word":
+            return self._word_batch(w, width, device, word_index)
         lengths = self._length_of[w]
         if len(w) and int(lengths.max()) > width:
             raise ValueError(f"batch width {width} is shorter than window {int(w[lengths.argmax()])} "
@@ -435,3 +494,20 @@ class TeacherCache:
                    for k, v in out.items()}
         hidden = tuple(tensors.get(x) for x in range(self.num_hidden_states)) if self.layers else None
         return {"logits": tensors["logits"], "hidden_states": hidden, "attentions": None}
+
+    def _word_batch(self, w: np.ndarray, width: int, device, word_index: torch.Tensor | None) -> dict:
+        if word_index is None:
+            raise ValueError(f"{self.path}: a per-word teacher cache needs the batch's word_index")
+        slots = (word_index.cpu() >= 0).numpy()
+        rows, positions = np.nonzero(slots)  # row-major: each window's slots in order
+        if not np.array_equal(slots.sum(1), self._length_of[w]):
+            raise ValueError(f"{self.path}: the batch's word slots differ from the cached words of its windows")
+        keys = ["logits", *self.layers]
+        placed = {}
+        for key in keys:
+            values = np.concatenate([self.window(k, key) for k in w]).astype(np.float32)
+            placed[key] = scatter_words(torch.from_numpy(values), rows, positions, len(w), width)
+        if device is not None:
+            placed = {k: v.to(device) for k, v in placed.items()}
+        hidden = tuple(placed.get(x) for x in range(self.num_hidden_states)) if self.layers else None
+        return {"logits": placed["logits"], "hidden_states": hidden, "attentions": None}

@@ -141,6 +141,24 @@ def stage_reads_cache(stage: StageConfig, cache: TeacherCache | None, cfg: RunCo
     return cache is not None and stage.data != "labeled" and cfg.distill.attention_loss == "none"
 
 
+def check_cross_tokenizer(cfg: RunConfig, data) -> None:
+    """Attention maps compare token with token: across tokenizers they are refused, never dropped."""
+    if getattr(data, "teacher", None) is not None and cfg.distill.attention_loss != "none":
+        raise ConfigError(f"distill.attention_loss: is {cfg.distill.attention_loss!r}, but the teacher's tokenizer "
+                          "is not the student's and attention maps compare token with token; set "
+                          "distill.attention_loss: none (hidden states and logits are compared word by word)")
+
+
+def teacher_runner(teacher: nn.Module, hidden_states: bool, dev: torch.device):
+    """`run(input_ids, attention_mask)` -> the frozen teacher's logits and hidden states on `dev`, in float32."""
+    def run(ids: torch.Tensor, mask: torch.Tensor) -> dict:
+        out = teacher(input_ids=ids.to(teacher.device), attention_mask=mask.to(teacher.device),
+                      output_hidden_states=hidden_states)
+        return _to(out, dev)
+
+    return run
+
+
 def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: nn.Module, out_dir: str | Path,
             teacher_device: torch.device | None = None, teacher_dtype: torch.dtype = torch.float32,
             cache: TeacherCache | None = None, teacher_config=None, batcher_cls=WindowBatcher,
@@ -165,6 +183,10 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
             teacher.to(device=teacher_device or torch.device("cpu"), dtype=teacher_dtype)
     if cache is not None:
         cache.check_features(data.transfer.features)
+    check_cross_tokenizer(cfg, data)
+    # where the teacher has its own tokenizer its outputs reach the student per word (xdt.data.word_bridge)
+    bridges = data.teacher.bridges if getattr(data, "teacher", None) is not None else None
+    teacher_pad = data.teacher_tokenizer.pad_token_id if bridges else None
     torch.manual_seed(cfg.seed)
     projector = None
     if any(s.losses.get("hidden", 0) > 0 for s in stages):
@@ -174,8 +196,8 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
         with zero3_build(ds_config if is_partitioned(student) else None):
             projector = build_model(HiddenProjector, pairs, student.config.hidden_size, tcfg.hidden_size,
                                     cfg.distill.projection_dropout)
-    module = DistillStep(student, projector,
-                         every_token=cfg.distill.positions == "tokens" and cfg.data.task == "token")
+    module = DistillStep(student, projector, every_token=cfg.distill.positions == "tokens"
+                         and cfg.data.task == "token" and bridges is None)
     if is_partitioned(student) and is_main():
         log.info("ZeRO-3: student%s built partitioned (deepspeed.zero.Init), rank 0 holds %d of its %d parameters",
                  " and teacher" if teacher_engine is not None else "",
@@ -282,7 +304,15 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
                                if labeled_iter is not None else None)
                     teacher_out = None
                     if distill_loss is not None and distill_loss.needs_teacher and from_cache:
-                        teacher_out = cache.batch(batch["window"], batch["input_ids"].shape[1], engine.device)
+                        teacher_out = cache.batch(batch["window"], batch["input_ids"].shape[1], engine.device,
+                                                  word_index=batch["word_index"])
+                    elif distill_loss is not None and distill_loss.needs_teacher and bridges is not None:
+                        with torch.no_grad():
+                            teacher_out = bridges[main_data].batch_outputs(
+                                teacher_runner(teacher, distill_loss.needs_hidden_states, engine.device),
+                                batch["window"].cpu().numpy(), batch["input_ids"].shape[1],
+                                teacher_states(distill_loss), tcfg.num_hidden_layers + 1, cfg.distill.word_pooling,
+                                teacher_pad)
                     elif distill_loss is not None and distill_loss.needs_teacher:
                         with torch.no_grad():
                             inputs = {k: v.to(teacher.device) for k, v in model_inputs(batch).items()}
@@ -339,6 +369,13 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
     preempt.uninstall()
     metrics.close()
     return DistillResult(best_path, best, global_step, history)
+
+
+def teacher_states(loss: DistillLoss) -> list[int]:
+    """The teacher hidden states a loss reads (those its layer map pairs), none without the hidden term."""
+    if not loss.needs_hidden_states:
+        return []
+    return sorted({t for _, t in loss.projector.layer_map})
 
 
 def resume_point(ckpt: Checkpointer, resume: str) -> tuple[str, dict] | None:

@@ -10,6 +10,8 @@ from xdt. Starting points (StudentConfig.embedding_init / init_from):
 - ``random``: everything random (transformers' init);
 - ``teacher``: embeddings, encoder layers (by a layer map) and head copied from the teacher; a narrower
   feed-forward block keeps the most important units, factorized embeddings the top-E singular directions;
+- a teacher with another vocabulary: `teacher_word_embeddings` is its matrix mapped onto the student's pieces
+  (`xdt.models.vocab_map`), for ``svd``/``pca`` and ``teacher`` alike;
 - ``init_from``: a pretrained student folder (safetensors only: pickled weights can run code when loaded).
 """
 
@@ -169,7 +171,7 @@ def build_student(cfg: StudentConfig, *, vocab_size: int, labels: Sequence[str],
                 raise ConfigError("student.embedding_init: 'teacher' copies teacher weights; no teacher given")
             _check_copyable(shape, teacher.config)
             layers = teacher_layers_to_copy(copy_layer_map, shape.num_layers, teacher.config.num_hidden_layers)
-            copy_from_teacher(model, teacher, layers)
+            copy_from_teacher(model, teacher, layers, word_rows=teacher_word_embeddings)
         elif cfg.embedding_init != "random":
             raise ConfigError(f"student.embedding_init: expected 'svd', 'pca', 'random' or 'teacher', "
                               f"got {cfg.embedding_init!r}")
@@ -236,8 +238,11 @@ def _check_copyable(shape: StudentShape, teacher_config: PretrainedConfig) -> No
                           f"the teacher's feed-forward units")
 
 
-def copy_from_teacher(student: PreTrainedModel, teacher: PreTrainedModel, teacher_layers: Sequence[int]) -> None:
+def copy_from_teacher(student: PreTrainedModel, teacher: PreTrainedModel, teacher_layers: Sequence[int],
+                      word_rows: torch.Tensor | None = None) -> None:
     """Start the student from the teacher: embeddings, teacher layer `teacher_layers[i]` for student layer i, head.
+    `word_rows` [V_student, H]: the word embeddings to start from where the vocabularies differ (else the
+    teacher's own rows).
 
     Where the student is narrower the copy is the best one of its size rather than a refusal:
     - factorized word embeddings (E < H) get the teacher's rows in its top-E singular basis, position and type
@@ -259,10 +264,13 @@ def copy_from_teacher(student: PreTrainedModel, teacher: PreTrainedModel, teache
     with torch.no_grad():
         if hasattr(s_base, "embeddings_project"):
             with _gathered_pair([s_base.embeddings, s_base.embeddings_project], [t_base.embeddings]):
-                _copy_factorized_embeddings(student, teacher)
+                _copy_factorized_embeddings(student, teacher, word_rows)
         else:
             with _gathered_pair([s_base.embeddings], [t_base.embeddings]):
-                _copy_state(s_base.embeddings, t_base.embeddings, "embeddings")
+                skip = ("word_embeddings.",) if word_rows is not None else ()
+                _copy_state(s_base.embeddings, t_base.embeddings, "embeddings", skip=skip)
+                if word_rows is not None:
+                    s_base.embeddings.word_embeddings.weight.copy_(word_rows)
         for i, j in enumerate(teacher_layers):
             with _gathered_pair([s_base.encoder.layer[i]], [t_base.encoder.layer[j]]):
                 _copy_layer(s_base.encoder.layer[i], t_base.encoder.layer[j], f"layer {i} <- teacher layer {j}")
@@ -307,11 +315,12 @@ def _copy_layer(dst: nn.Module, src: nn.Module, what: str) -> None:
     dst.output.dense.weight.copy_(s_out[:, keep])
 
 
-def _copy_factorized_embeddings(student: PreTrainedModel, teacher: PreTrainedModel) -> None:
+def _copy_factorized_embeddings(student: PreTrainedModel, teacher: PreTrainedModel,
+                                word_rows: torch.Tensor | None = None) -> None:
     s_emb, t_emb = student.base_model.embeddings, teacher.base_model.embeddings
     project = student.base_model.embeddings_project
     vocab, e = s_emb.word_embeddings.weight.shape
-    t_words = t_emb.word_embeddings.weight[:vocab].float()
+    t_words = (t_emb.word_embeddings.weight if word_rows is None else word_rows)[:vocab].float()
     if t_words.shape[0] < vocab:
         raise ConfigError(f"student.embedding_init: 'teacher' needs the teacher's vocabulary; the teacher has "
                           f"{t_words.shape[0]} word embeddings, the tokenizer {vocab} pieces")
