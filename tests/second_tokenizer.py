@@ -30,7 +30,7 @@ def build_unigram_tokenizer(texts: Iterable[str], folder: Path, vocab_size: int 
 
 
 def build_teacher_folder(tokenizer, folder: Path, *, layers: int = 2, hidden: int = 96, heads: int = 2,
-                         seed: int = 0) -> Path:
+                         max_positions: int = 128, seed: int = 0) -> Path:
     """A random BERT encoder (no head) of the tokenizer's vocabulary, saved with the tokenizer: a teacher.model
     whose tokenizer is not the student's."""
     import torch
@@ -39,7 +39,7 @@ def build_teacher_folder(tokenizer, folder: Path, *, layers: int = 2, hidden: in
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
                         num_attention_heads=heads, intermediate_size=4 * hidden,
-                        pad_token_id=tokenizer.pad_token_id, max_position_embeddings=128)
+                        pad_token_id=tokenizer.pad_token_id, max_position_embeddings=max_positions)
     BertModel(config, add_pooling_layer=False).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     return folder
