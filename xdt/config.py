@@ -87,6 +87,9 @@ class TeacherConfig:
     warmup_ratio: float = 0.1
     early_stopping_patience: int = 2  # evaluations on dev without improvement before stopping
     eval_every: int = 0  # steps between dev evaluations; 0: once per epoch
+    # keep the word-embedding matrix as loaded: with a 250k-piece vocabulary (XLM-R, e5) its dense Adam update is
+    # most of a CPU step, and the pieces a small fine-tuning set never sees would not move anyway
+    freeze_embeddings: bool = False
     trust_remote_code: bool = False
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from functools import lru_cache
 from pathlib import Path
 
@@ -45,8 +46,23 @@ def _fingerprint(serialized: str, specials: str) -> str:
     return hashlib.sha256((serialized + "\0" + specials).encode()).hexdigest()[:16]
 
 
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
-    """A hash of everything that decides sub-word ids: the full backend (vocab, normalizer, pre-tokenizer)."""
+    """A hash of everything that decides sub-word ids: the full backend (vocab, normalizer, pre-tokenizer).
+
+    Remembered per tokenizer object (with its size, which adding tokens changes): serialising a 250k-piece
+    vocabulary takes most of a second, and every cache key asks."""
+    known = _FINGERPRINTS.get(tokenizer)
+    if known is not None and known[0] == len(tokenizer):
+        return known[1]
+    fingerprint = _compute_fingerprint(tokenizer)
+    _FINGERPRINTS[tokenizer] = (len(tokenizer), fingerprint)
+    return fingerprint
+
+
+def _compute_fingerprint(tokenizer) -> str:
     specials = f"{tokenizer.cls_token_id},{tokenizer.sep_token_id},{tokenizer.unk_token_id}"
     backend = json.loads(tokenizer.backend_tokenizer.to_str())
     # truncation and padding are call-time state (transformers resets a saved one on the first call): a folder

@@ -72,10 +72,13 @@ def train_teacher(cfg: RunConfig, data: TaskData, out_dir: str | Path, *, task: 
     total = max(1, math.ceil(tc.epochs * steps_per_epoch))
     eval_every = tc.eval_every or steps_per_epoch
     ds_config = build_ds_config(cfg.deepspeed, tc.batch_size, world, model.config.hidden_size)
-    optimizer = make_optimizer(model.parameters(), tc.lr, weight_decay=0.01)
+    if tc.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, tc.lr, weight_decay=0.01)
     scheduler = make_scheduler(optimizer, "linear", total, int(tc.warmup_ratio * total))
-    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                                           config=ds_config)
+    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=params,
+                                                           lr_scheduler=scheduler, config=ds_config)
     zero3 = zero_stage(ds_config) == 3
     best_path = out_dir / "teacher"
     ckpt = Checkpointer(out_dir / "checkpoints" / "teacher", cfg.output.keep_last)
