@@ -113,3 +113,23 @@ def check_safetensors(folder: str | Path) -> None:
         except (SafetensorError, OSError) as err:
             raise XdtError(f"{path}: not a complete safetensors file ({err}); it is truncated or damaged, write "
                            "it again") from None
+
+
+PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def check_model_weights(folder: str | Path, key: str = "") -> None:
+    """A model folder xdt builds a model from holds safetensors weights, whole (`check_safetensors`). Pickled
+    weights (`pytorch_model.bin`, `*.pt`) are refused by name before anything opens them: torch unpickles such a
+    file to read it, and a pickle can run code. `key` (e.g. "teacher.model") starts the message."""
+    folder = Path(folder)
+    where = f"{key}: " if key else ""
+    if any(folder.glob("*.safetensors")):
+        check_safetensors(folder)
+        return
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLED_WEIGHTS) if folder.is_dir() else []
+    if pickled:
+        raise XdtError(f"{where}{folder / pickled[0]}: pickled weights, refused unopened (unpickling can run code "
+                       "the file holds); xdt loads models from safetensors only: if you trust the file, re-save the "
+                       "model with save_pretrained(DIR), which writes model.safetensors")
+    raise XdtError(f"{where}{folder}: no model weights (expected model.safetensors, or *.safetensors shards)")
