@@ -268,8 +268,21 @@ def test_a_refused_run_writes_nothing_and_the_corrected_command_runs_in_its_fold
     assert not out.exists()
     refused(capsys, [*distill, f"teacher.model={pickled}"], "pytorch_model.bin: pickled weights, refused unopened")
     assert not out.exists() and not (tmp_path / "marker").exists()
-    assert main([*distill, f"teacher.model={teacher}"]) == 0  # corrected, in the same folder, no --overwrite
+    # corrected, in the same folder, no --overwrite (its own process: a finished command ends the process group)
+    done = xdt_process([*distill, f"teacher.model={teacher}"])
+    assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "xdt_run.json").is_file() and (out / "student_best" / "model.safetensors").is_file()
+
+
+def xdt_process(argv: list[str]):
+    """`python -m xdt ARGV` in a process of its own, outside any rendezvous of this pytest process."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    return subprocess.run([sys.executable, "-m", "xdt", *argv], capture_output=True, text=True, timeout=900, env=env)
 
 
 def _mock_tokenizer(tmp_path: Path):

@@ -323,10 +323,12 @@ def test_merge_names_an_input_that_is_not_a_report(tmp_path, capsys):
 def small_run(tmp_path_factory) -> Path:
     """`xdt run` of the quickstart on less mock data, with windows of 16 sub-words: most test sentences are split."""
     from tests.test_trust_inputs import QUICKSTART, SMALL
+    from tests.test_trust_outputs import xdt_process
 
     out = tmp_path_factory.mktemp("window") / "run"
-    assert main(["run", QUICKSTART, *SMALL, "data.mock.test_sentences=40", "data.max_seq_length=16",
-                 "output.tensorboard=false", f"output.dir={out}"]) == 0
+    done = xdt_process(["run", QUICKSTART, *SMALL, "data.mock.test_sentences=40", "data.max_seq_length=16",
+                        "output.tensorboard=false", f"output.dir={out}"])
+    assert done.returncode == 0, done.stderr[-3000:]
     return out
 
 
