@@ -313,7 +313,7 @@ def test_merge_names_an_input_that_is_not_a_report(tmp_path, capsys):
                    f"{data}: not a report (not valid JSON", "expected the --out folder of an `xdt eval --shard` run")
     assert "report.json:" not in err and not (tmp_path / "merged").exists()
     _refused(capsys, ["eval", "merge", str(tmp_path), "--out", str(tmp_path / "merged")],
-             f"{tmp_path}: no report.json in this folder")
+             f"{tmp_path / 'report.json'}: not found; expected the --out folder")
 
 
 # ------------------------------------------------------------------------------ one model, one score (windows)

@@ -59,8 +59,7 @@ def _load(given: Path) -> dict:
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        where = f"{given}: not found" if not given.exists() else f"{given}: no report.json in this folder"
-        raise XdtError(f"{where}; {expected}") from None
+        raise XdtError(f"{path if given.is_dir() else given}: not found; {expected}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise XdtError(f"{path}: not a report (not valid JSON: {err}); {expected}") from None
     if not isinstance(report, dict):
