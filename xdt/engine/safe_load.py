@@ -8,9 +8,9 @@ checkpoints hold (found by loading real ZeRO-0...3 checkpoints, fp32/bf16, with 
 xdt). A file that needs anything else (a pickled function call, any other class) is refused with one line naming
 the file, before any of it runs.
 
-Everything else xdt reads is data by construction: model weights through safetensors (`use_safetensors=True`,
-or transformers' own `weights_only=True` load of a `.bin`), caches as `.npy` (`allow_pickle=False`) and JSON,
-restore snapshots and per-rank RNG states as safetensors.
+Everything else xdt reads is data by construction: model weights through safetensors only (a model folder's
+pickled `.bin`/`.pt` weights are refused by name before anything opens them: `check_model_weights`), caches as
+`.npy` (`allow_pickle=False`) and JSON, restore snapshots and per-rank RNG states as safetensors.
 """
 
 from __future__ import annotations
