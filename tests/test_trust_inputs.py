@@ -1,5 +1,6 @@
-"""Every bad input is one line and exit 2, found before work starts (issue 13, item 4): no traceback, no output
-folder created, and no check left until after the teacher has trained. Each test fails on the code before the fix.
+"""Every bad input is one line and exit 2, found before work starts (issue 13, item 4; issue 23): no traceback, no
+output folder created (not even the run record), and no check left until after the teacher has trained. Each test
+fails on the code before the fix.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SHARED_DATA, need
+from tests.conftest import MBERT, ROOT, SHARED_DATA, need
 from xdt.cli import main
 from xdt.errors import XdtError
 
@@ -21,6 +22,16 @@ SMALL = ["data.mock.langs=[en,de]", "data.mock.train_sentences=30", "data.mock.d
 # one stage of one step: a whole `xdt distill` in a few seconds
 ONE_STEP = ["distill.strategy=null", "stages=[{name: s, data: transfer, losses: {logits: 1.0}, steps: 1}]",
             "output.tensorboard=false"]
+
+
+class Payload:
+    """Unpickling it creates `marker`: what a pickled weights file carrying code does when torch opens it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
 
 
 def refused(capsys, argv: list[str], *needles: str) -> str:
@@ -45,7 +56,8 @@ def cut(path: Path, keep: float = 0.5) -> None:
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> dict[str, Path]:
     """A tiny random teacher on the small mock data (labels and vocabulary of the run), and copies of it with a
-    truncated and an empty weights file, and one with only 128 positions."""
+    truncated and an empty weights file, one with only 128 positions, and one whose weights are a pickle that runs
+    code when opened (`pickled`; it would create `marker`)."""
     import torch
 
     from xdt.config import load_config
@@ -66,8 +78,11 @@ def work(tmp_path_factory) -> dict[str, Path]:
     (root / "empty" / "model.safetensors").write_bytes(b"")
     config = json.loads((root / "short" / "config.json").read_text())
     (root / "short" / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 128}))
+    shutil.copytree(root / "teacher", root / "pickled")
+    (root / "pickled" / "model.safetensors").unlink()
+    torch.save({**teacher.state_dict(), "payload": Payload(root / "marker")}, root / "pickled" / "pytorch_model.bin")
     return {"root": root, "teacher": root / "teacher", "truncated": root / "truncated", "empty": root / "empty",
-            "short": root / "short"}
+            "short": root / "short", "pickled": root / "pickled", "marker": root / "marker"}
 
 
 def distill_argv(work, out: Path, *extra: str) -> list[str]:
@@ -118,6 +133,10 @@ def test_bad_config_values_are_one_line_before_anything(tmp_path, capsys, overri
     ('{"zero_optimization": {"stage": "2"}}', "zero_optimization.stage is '2'; expected the integer 0, 1, 2 or 3"),
     ('{"zero_optimization": {"stage": "two"}}', "zero_optimization.stage is 'two'"),  # pydantic's traceback
     ('{"zero_optimization": [2]}', "zero_optimization is a list; expected an object"),
+    # found by the engine's fill after the run record was written: the corrected command was refused (issue 23)
+    ('{"zero_optimization": {"stage": 2, "reduce_bucket_size": "auto"}}',
+     'leaves zero_optimization.reduce_bucket_size as "auto"'),
+    ('{"train_micro_batch_size_per_gpu": 3}', "sets train_micro_batch_size_per_gpu=3 but the run needs 32"),
 ])
 def test_bad_deepspeed_files_are_one_line_before_anything(tmp_path, capsys, content, expected):
     ds = tmp_path / "ds.json"
@@ -151,15 +170,110 @@ def test_overrides_after_resume_are_overrides(tmp_path, capsys):
     ("distill", ["teacher.model={truncated}"], "model.safetensors: not a complete safetensors file"),
     ("distill", ["teacher.model={empty}"], "model.safetensors: not a complete safetensors file"),
     ("run", ["output.dir={file}"], "output.dir: {file} exists and is not a folder"),  # FileExistsError
+    # issue 23: a tokenizer larger than the teacher's embedding table (refused after the run record was written)
+    ("distill", ["teacher.model={teacher}", "tokenizer.path={mbert}"],
+     "teacher.model: {teacher} has 4000 word embeddings, fewer than the 119547 pieces of the tokenizer"),
+    ("teacher", ["teacher.model={teacher}", "tokenizer.path={mbert}"], "fewer than the 119547 pieces"),
+    # pickled weights: torch's unpickling traceback, after the run record was written
+    ("distill", ["teacher.model={pickled}"], "teacher.model: {pickled}/pytorch_model.bin: pickled weights, refused"),
+    ("teacher", ["teacher.model={pickled}"], "{pickled}/pytorch_model.bin: pickled weights, refused unopened"),
+    # no training at all: one step per phase, exit 0 and an untrained student
+    ("run", ["distill.epochs=0", "distill.steps=0"], "distill.epochs: 0 trains no stage of strategy D4.2"),
+    ("distill", [*ONE_STEP, "teacher.model={teacher}", "stages.0.steps=0", "stages.0.epochs=0"],
+     "stages.0.epochs: 0 trains nothing in stage 's'"),
+    ("run", ["teacher.epochs=0"], "teacher.epochs: 0 trains no teacher, and teacher.model is empty"),
+    ("teacher", ["teacher.model={teacher}", "teacher.epochs=0"], "teacher.epochs: 0 trains nothing in `xdt teacher"),
+    # teacher.epochs 0 with a teacher.model keeps its meaning (use it as it is): the next check is the one refusing
+    ("run", ["teacher.model={teacher}", "teacher.epochs=0", "data.langs=[en,xx]"], "data.langs: xx has no train"),
+    # empty language lists: data.langs [] trained on every language
+    ("run", ["data.langs=[]"], "data.langs: empty list; expected language codes"),
+    ("run", ["data.mock.langs=[]"], "data.mock.langs: empty list; expected language codes"),
 ])
 def test_the_whole_run_is_checked_before_its_folder_is_made(work, tmp_path, capsys, command, overrides, expected):
     (tmp_path / "file").write_text("mine")
-    paths = {k: work[k] for k in ("teacher", "truncated", "empty", "short")} | {"file": tmp_path / "file"}
+    paths = {k: work[k] for k in ("teacher", "truncated", "empty", "short", "pickled")} | {"file": tmp_path / "file"}
+    if "{mbert}" in " ".join(overrides):
+        paths["mbert"] = need(MBERT)
+        # the teacher of 4000 rows: the mock vocabulary is smaller, a random BERT of the mock shape is not
+        paths["teacher"] = _resized(work["teacher"], tmp_path / "teacher", 4000)
     out = tmp_path / "run"
+
+    def fill(text: str) -> str:  # str.format would read ONE_STEP's YAML braces as fields
+        for key, path in paths.items():
+            text = text.replace(f"{{{key}}}", str(path))
+        return text
+
     argv = [*("teacher train".split() if command == "teacher" else [command]), QUICKSTART, *SMALL,
-            f"output.dir={out}", *(o.format(**paths) for o in overrides)]
-    refused(capsys, argv, expected.format(**paths))
+            f"output.dir={out}", *map(fill, overrides)]
+    refused(capsys, argv, fill(expected))
     assert not out.exists() and (tmp_path / "file").read_text() == "mine"
+    assert not work["marker"].exists()  # nothing of the pickle ran
+
+
+def _resized(model: Path, out: Path, rows: int) -> Path:
+    """A copy of the model folder `model` with `rows` word-embedding rows (its own tokenizer kept)."""
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    resized = AutoModelForTokenClassification.from_pretrained(str(model))
+    resized.resize_token_embeddings(rows)
+    resized.save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(model)).save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("command", ["eval", "export", "trim"])
+def test_a_tokenizer_larger_than_the_embedding_table_is_one_line(work, tmp_path, capsys, command):
+    """The issue's case: a folder whose tokenizer is the whole mBERT vocabulary, its model 4000 rows (an IndexError
+    traceback in eval and export; trim refused it already)."""
+    from transformers import AutoTokenizer
+
+    rows = _resized(work["teacher"], tmp_path / "rows", 4000)
+    big = Path(shutil.copytree(rows, tmp_path / "big"))
+    AutoTokenizer.from_pretrained(str(need(MBERT))).save_pretrained(big)
+    data = str(need(SHARED_DATA / "wikiann" / "xtreme" / "test-af.tsv"))
+    out = tmp_path / "out"
+    argv = {"eval": ["eval", "--model", str(big), "--data", data, "--out", str(out), "--no-progress"],
+            "export": ["export", str(rows), "--tokenizer", str(MBERT), "--out", str(out)],
+            "trim": ["trim", str(big), "--data", data, "--out", str(out)]}[command]
+    needle = {"trim": "beyond the model's 4000 embedding rows"}.get(
+        command, "the tokenizer has 119547 pieces, more than the 4000 rows of")
+    refused(capsys, argv, needle)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["data", "inspect", "{loop}"],  # "not found"
+    ["eval", "--model", "{teacher}", "--data", "{loop}", "--out", "{out}"],  # RuntimeError from the "given twice" check
+    ["eval", "--model", "{loop}", "--data", "{data}", "--out", "{out}"],
+    ["eval", "--model", "{teacher}", "--data", "{data}", "--out", "{loop}"],
+    ["eval", "merge", "{loop}", "--out", "{out}"],
+    ["trim", "{teacher}", "--data", "{loop}", "--out", "{out}"],  # "not found"
+    ["export", "{loop}", "--out", "{out}"],
+    ["transfer", "stats", "{loop}"],
+    ["run", "{loop}"],
+    ["run", QUICKSTART, "data.path={loop}", "output.dir={out}"],
+    ["run", QUICKSTART, "tokenizer.path={loop}", "output.dir={out}"],
+    ["run", QUICKSTART, "output.dir={loop}"],
+])
+def test_a_symlink_loop_is_named_in_every_command(work, tmp_path, capsys, argv):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    paths = {"loop": loop, "out": tmp_path / "out", "teacher": work["teacher"],
+             "data": need(SHARED_DATA / "wikiann" / "xtreme" / "test-af.tsv")}
+    err = refused(capsys, [a.format(**paths) for a in argv], f"{loop}", "a symlink loop")
+    assert "not found" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop"]
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--shard", "-1/2"], "--shard '-1/2': expected 0 <= i < n"),  # argparse: "expected one argument"
+    (["--langs", ""], "--langs '': expected comma-separated language codes"),  # scored every language
+])
+def test_eval_options_out_of_range_are_one_line(work, tmp_path, capsys, argv, expected):
+    data = str(need(SHARED_DATA / "wikiann" / "xtreme" / "test-af.tsv"))
+    refused(capsys, ["eval", "--model", str(work["teacher"]), "--data", data, "--out", str(tmp_path / "out"),
+                     "--no-progress", *argv], expected)
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------------------- checkpoints and caches

@@ -245,6 +245,46 @@ def test_overwrite_never_deletes_a_run_folder_holding_an_input(tmp_path, capsys)
     assert snapshot(out) == before
 
 
+def test_a_refused_run_writes_nothing_and_the_corrected_command_runs_in_its_folder(tmp_path, capsys):
+    """Issue 23: errors found after `OUTPUT/xdt_run.json` was written (a DeepSpeed file holding "auto", a pickled
+    teacher) left the record behind, and the corrected command in the same output.dir was refused until
+    --overwrite."""
+    import torch
+    from safetensors.torch import load_file
+
+    from tests.test_trust_inputs import ONE_STEP, Payload
+
+    teacher = save_tiny(tmp_path / "teacher", *_mock_tokenizer(tmp_path))
+    pickled = Path(shutil.copytree(teacher, tmp_path / "pickled"))
+    (pickled / "model.safetensors").unlink()
+    torch.save({**load_file(teacher / "model.safetensors"), "payload": Payload(tmp_path / "marker")},
+               pickled / "pytorch_model.bin")
+    auto = tmp_path / "ds.json"
+    auto.write_text('{"zero_optimization": {"stage": 2, "allgather_bucket_size": "auto"}}')
+    out = tmp_path / "run"
+    distill = ["distill", str(QUICKSTART), *SMALL, *ONE_STEP, f"output.dir={out}"]
+    refused(capsys, [*distill, f"teacher.model={teacher}", f"deepspeed.config={auto}"],
+            'leaves zero_optimization.allgather_bucket_size as "auto"')
+    assert not out.exists()
+    refused(capsys, [*distill, f"teacher.model={pickled}"], "pytorch_model.bin: pickled weights, refused unopened")
+    assert not out.exists() and not (tmp_path / "marker").exists()
+    # corrected, in the same folder, no --overwrite (its own process: a finished command ends the process group)
+    done = xdt_process([*distill, f"teacher.model={teacher}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "xdt_run.json").is_file() and (out / "student_best" / "model.safetensors").is_file()
+
+
+def xdt_process(argv: list[str]):
+    """`python -m xdt ARGV` in a process of its own, outside any rendezvous of this pytest process."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    return subprocess.run([sys.executable, "-m", "xdt", *argv], capture_output=True, text=True, timeout=900, env=env)
+
+
 def _mock_tokenizer(tmp_path: Path):
     from transformers import AutoTokenizer
 

@@ -304,3 +304,57 @@ def test_merge_identifies_a_model_by_its_weights(tmp_path, eval_data, monkeypatc
     (tmp_path / "s1" / "report.json").write_text(json.dumps(old))
     with pytest.raises(XdtError, match=r"s1: the report names its model by path only"):
         merge_reports([tmp_path / "s0", tmp_path / "s1"], tmp_path / "old")
+
+
+def test_merge_names_an_input_that_is_not_a_report(tmp_path, capsys):
+    # it used to name a report.json beside the file, which the user never gave
+    data = _write(tmp_path / "test-en.tsv", _conll(STRAY))
+    err = _refused(capsys, ["eval", "merge", str(data), "--out", str(tmp_path / "merged")],
+                   f"{data}: not a report (not valid JSON", "expected the --out folder of an `xdt eval --shard` run")
+    assert "report.json:" not in err and not (tmp_path / "merged").exists()
+    _refused(capsys, ["eval", "merge", str(tmp_path), "--out", str(tmp_path / "merged")],
+             f"{tmp_path / 'report.json'}: not found; expected the --out folder")
+
+
+# ------------------------------------------------------------------------------ one model, one score (windows)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Path:
+    """`xdt run` of the quickstart on less mock data, with windows of 16 sub-words: most test sentences are split."""
+    from tests.test_trust_inputs import QUICKSTART, SMALL
+    from tests.test_trust_outputs import xdt_process
+
+    out = tmp_path_factory.mktemp("window") / "run"
+    done = xdt_process(["run", QUICKSTART, *SMALL, "data.mock.test_sentences=40", "data.max_seq_length=16",
+                        "output.tensorboard=false", f"output.dir={out}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_xdt_eval_of_a_run_student_gives_the_runs_own_report(small_run, tmp_path, capsys):
+    # the run scored with its data.max_seq_length windows, `xdt eval` of its student with 128: two scores of one model
+    run_report = json.loads((small_run / "eval" / "report.json").read_text())
+    assert json.loads((small_run / "student" / "config.json").read_text())["xdt_max_seq_length"] == 16
+    langs = ",".join(run_report["requested"])
+    argv = ["eval", "--model", str(small_run / "student"), "--data", run_report["data"]["paths"][0], "--langs", langs,
+            "--no-progress", "--no-cache"]
+    assert main([*argv, "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["settings"]["max_seq_length"] == run_report["settings"]["max_seq_length"] == 16
+    assert list(report["languages"]) == list(run_report["languages"])
+    for lang, entry in run_report["languages"].items():  # the run's entries add the teacher's F1 and retention
+        mine = {k: v for k, v in report["languages"][lang].items() if k != "seconds"}
+        assert mine == {k: entry[k] for k in mine}, lang
+        assert (tmp_path / "ev" / "predictions" / f"{lang}.conll").read_bytes() == \
+            (small_run / "eval" / "predictions" / f"{lang}.conll").read_bytes(), lang
+    # --max-seq-length still says otherwise, and the report records it
+    assert main([*argv, "--max-seq-length", "128", "--out", str(tmp_path / "ev128")]) == 0
+    assert json.loads((tmp_path / "ev128" / "report.json").read_text())["settings"]["max_seq_length"] == 128
+
+    # shards scored with two windows are never one report
+    assert main([*argv, "--shard", "0/2", "--out", str(tmp_path / "s0")]) == 0
+    assert main([*argv, "--shard", "1/2", "--max-seq-length", "32", "--out", str(tmp_path / "s1")]) == 0
+    _refused(capsys, ["eval", "merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m")],
+             f"{tmp_path / 's1'}: scored with windows of 32 sub-words, {tmp_path / 's0'} with 16")
+    assert not (tmp_path / "m").exists()

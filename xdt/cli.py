@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from xdt import __version__
-from xdt.errors import Preempted, XdtError
+from xdt.errors import SYMLINK_LOOP, Preempted, XdtError, is_symlink_loop
 
 # Subcommands that later releases fill in; named now so that scripts and docs can rely on them.
 QUICKSTART = "configs/quickstart.yaml"
@@ -300,9 +300,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _join_dashed_values(argv: list[str]) -> list[str]:
+    """`--shard -1/2` -> `--shard=-1/2`: argparse reads a value that starts with a dash as an option (unless it is a
+    plain negative number), which ends in "expected one argument"; joined, the option's own check names it."""
+    out: list[str] = []
+    for arg in argv:
+        long_option = bool(out) and out[-1].startswith("--") and len(out[-1]) > 2 and "=" not in out[-1]
+        if long_option and len(arg) > 1 and arg[0] == "-" and arg[1].isdigit():
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def _refuse_symlink_loops(args: argparse.Namespace) -> None:
+    """Every path given on the command line that is a symlink loop, in one line naming it (before any command
+    reads it and calls it "not found", or Path.resolve() raises)."""
+    for key, value in vars(args).items():
+        if key in ("func", "overrides"):
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and item and is_symlink_loop(item):
+                raise XdtError(f"{item}: {SYMLINK_LOOP}; expected a file or folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(_join_dashed_values(sys.argv[1:] if argv is None else list(argv)))
     # `xdt run CONFIG --resume auto key=value`: argparse ends positionals at the first option; overrides that
     # follow one are still overrides
     if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
@@ -313,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("xdt").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
+        _refuse_symlink_loops(args)
         return args.func(args)
     except XdtError as err:
         print(f"xdt: error: {err}", file=sys.stderr)

@@ -19,7 +19,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from xdt.errors import ConfigError, XdtError
+from xdt.errors import SYMLINK_LOOP, ConfigError, XdtError, is_symlink_loop
 
 # The released XtremeDistilTransformers shapes (../shared/reference): layers, hidden, heads, intermediate.
 STUDENT_PRESETS: dict[str, dict[str, int]] = {
@@ -402,6 +402,8 @@ def check_paths(cfg: Any, prefix: str = "") -> None:
         elif "path" in f.metadata and value is not None and not str(value).strip() and not f.metadata["empty"]:
             raise ConfigError(f"{dotted}: empty path; expected a file or folder" + (" or 'mock'" if value == ""
                               and f.default == MOCK else "") + (" (null for none)" if f.default is None else ""))
+        elif "path" in f.metadata and value and is_symlink_loop(value):
+            raise ConfigError(f"{dotted}: {value!r} is {SYMLINK_LOOP}; expected a file or folder")
         elif f.metadata.get("path") and value and value != MOCK and not str(value).startswith("hf:"):
             if not Path(value).exists() and not _project_relative(value).exists():
                 raise ConfigError(f"{dotted}: path {value!r} does not exist")
@@ -462,6 +464,13 @@ def check_config(cfg: RunConfig) -> None:
     check_paths(cfg)
     if not cfg.output.dir.strip():
         raise ConfigError("output.dir: empty; expected the run's folder (it would be the working directory)")
+    for key in ("output.dir", "data.cache_dir", "distill.teacher_cache"):  # folders a run writes
+        if _get(cfg, key) and is_symlink_loop(_get(cfg, key)):
+            raise ConfigError(f"{key}: {_get(cfg, key)!r} is {SYMLINK_LOOP}; expected a folder")
+    for key in ("data.langs", "data.mock.langs"):
+        if _get(cfg, key) == []:
+            raise ConfigError(f"{key}: empty list; expected language codes such as [de, en]"
+                              + (" (null: every language found)" if key == "data.langs" else ""))
     for key, bounds in RANGES.items():
         _check_range(key, _get(cfg, key), bounds)
     for i, stage in enumerate(cfg.stages):
@@ -509,3 +518,11 @@ def check_config(cfg: RunConfig) -> None:
                 raise ConfigError(f"slurm.{step}.time: {str(err).partition(': ')[2]}") from None
     if cfg.distill.strategy is None and not cfg.stages:
         raise ConfigError("stages: empty while distill.strategy is null; name a strategy or list the stages")
+    # no stage of no length: it used to become one optimizer step per phase and a run that trained nothing
+    if cfg.distill.strategy is not None and cfg.distill.epochs <= 0 and cfg.distill.steps <= 0:
+        raise ConfigError(f"distill.epochs: {cfg.distill.epochs:g} trains no stage of strategy {cfg.distill.strategy}; "
+                          "expected a positive number of epochs (or distill.steps > 0)")
+    for i, stage in enumerate(cfg.stages if cfg.distill.strategy is None else []):
+        if stage.epochs <= 0 and stage.steps <= 0:
+            raise ConfigError(f"stages.{i}.epochs: {stage.epochs:g} trains nothing in stage {stage.name!r}; expected "
+                              f"a positive number of epochs (or stages.{i}.steps > 0)")

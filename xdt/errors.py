@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
+
+# What a path that resolves back to itself is called in every error that meets one (never "not found")
+SYMLINK_LOOP = "a symlink loop (following its links leads back to them, never to a file or folder)"
 
 
 class XdtError(Exception):
@@ -25,3 +30,15 @@ class DataError(XdtError):
 
 class Preempted(Exception):
     """A signal or the stop file ended the run after a checkpoint was saved; the CLI exits with EXIT_REQUEUE."""
+
+
+def is_symlink_loop(path: str | Path) -> bool:
+    """True when following `path`'s symbolic links never ends (ELOOP): `Path.exists()` calls such a path missing
+    and `Path.resolve()` raises RuntimeError; xdt names it as what it is."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        return err.errno == errno.ELOOP
+    except (ValueError, TypeError):  # a NUL byte, not a path
+        return False
+    return False

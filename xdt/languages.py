@@ -35,9 +35,10 @@ def language(code: str) -> Language:
 
 
 def parse_langs(spec: str | None) -> list[str] | None:
-    """`"de,en"` -> ["de", "en"]; None or "" -> None (all). Codes outside the registry are allowed:
-    WikiAnn has 176 languages and a user may evaluate any of them."""
-    if not spec:
+    """`"de,en"` -> ["de", "en"]; None (the option not given) -> None (all). An empty list (`--langs ""`) is
+    refused: it used to mean every language. Codes outside the registry are allowed: WikiAnn has 176 languages
+    and a user may evaluate any of them."""
+    if spec is None:
         return None
     codes = [c.strip() for c in spec.split(",") if c.strip()]
     if not codes:

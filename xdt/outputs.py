@@ -19,7 +19,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from xdt.errors import ConfigError, XdtError
+from xdt.errors import SYMLINK_LOOP, ConfigError, XdtError, is_symlink_loop
 
 RUN_RECORD = "xdt_run.json"
 # A run folder may hold these before its run starts: `xdt slurm submit` writes the job script and its logs there.
@@ -50,6 +50,8 @@ def check_out(out: str | Path, overwrite: bool = False, inputs=(), flag: str = "
     """Refuse, before any work starts: an `out` that is a file, a non-empty `out` (unless `overwrite`), and with
     `overwrite` an `out` that is, contains or lies inside an input (replacing it would destroy the input)."""
     out = Path(out)
+    if is_symlink_loop(out):
+        raise XdtError(f"{flag} {out}: {SYMLINK_LOOP}; expected a folder to write")
     if out.exists() and not out.is_dir():
         raise XdtError(f"{flag} {out}: exists and is not a folder; choose another {flag}")
     if out.is_dir() and any(out.iterdir()) and not overwrite:

@@ -68,14 +68,14 @@ def _model_config(folder: str, key: str):
     """The config.json of a model folder the run reads, with its weight files checked whole."""
     from transformers import AutoConfig
 
-    from xdt.engine.safe_load import check_safetensors
+    from xdt.engine.safe_load import check_model_weights
     from xdt.errors import ConfigError
 
     try:
         config = AutoConfig.from_pretrained(folder)
     except (OSError, ValueError, KeyError) as err:
         raise ConfigError(f"{key}: cannot read {folder}/config.json: {' '.join(str(err).split())[:200]}") from None
-    check_safetensors(folder)
+    check_model_weights(folder, key)  # safetensors, whole; a pickled .bin is refused before torch opens it
     return config
 
 
@@ -90,12 +90,31 @@ def _check_positions(cfg: RunConfig, config, who: str) -> None:
                           f"{who}; lower it (longer sentences are split into windows, no word is lost)")
 
 
+def _check_epochs(cfg: RunConfig, parts: list[str]) -> None:
+    """teacher.epochs 0 means "use teacher.model, already fine-tuned, as it is" (`xdt run`, `xdt distill`); a
+    command that trains the teacher with it would train one step and go on with an untrained teacher."""
+    from xdt.errors import ConfigError
+
+    if "teacher" not in parts or cfg.teacher.epochs > 0:
+        return
+    if not cfg.teacher.model:
+        raise ConfigError(f"teacher.epochs: {cfg.teacher.epochs:g} trains no teacher, and teacher.model is empty (0 "
+                          "means: use teacher.model, fine-tuned, as it is); expected a positive number of epochs, "
+                          "or a fine-tuned teacher.model")
+    raise ConfigError(f"teacher.epochs: {cfg.teacher.epochs:g} trains nothing in `xdt teacher train`; expected a "
+                      "positive number of epochs (0 means: use teacher.model as it is, with `xdt run` or `xdt "
+                      "distill`)")
+
+
 def check_run(cfg: RunConfig, data, data_dir: Path, parts: list[str], evaluate: bool) -> None:
-    """What would otherwise fail mid-run, checked before anything is written: the models' folders and shapes,
-    the layer map, positions against data.max_seq_length, and that every language of data.langs has data."""
+    """What would otherwise fail mid-run, checked before anything is written: the models' folders (safetensors,
+    whole), shapes and vocabularies, the layer map, positions against data.max_seq_length, the DeepSpeed file
+    as each engine fills it, epochs, and that every language of data.langs has data."""
     from transformers import BertConfig
 
     from xdt.distill.strategies import resolve_stages
+    from xdt.engine.distributed import world_size
+    from xdt.engine.ds_config import build_ds_config
     from xdt.errors import ConfigError
     from xdt.models.layer_map import resolve_layer_map, teacher_layers_to_copy
     from xdt.models.student import student_shape
@@ -103,21 +122,38 @@ def check_run(cfg: RunConfig, data, data_dir: Path, parts: list[str], evaluate: 
     from xdt.distill.train import check_cross_tokenizer
 
     check_cross_tokenizer(cfg, data)
+    _check_epochs(cfg, parts)
+    pieces = len(data.tokenizer)
+    teacher_tokenizer = getattr(data, "teacher_tokenizer", data.tokenizer)  # the folder's own, where it has one
     if cfg.teacher.model:
         tcfg = _model_config(cfg.teacher.model, "teacher.model")
         who = f"teacher.model {cfg.teacher.model}"
+        rows = getattr(tcfg, "vocab_size", None)
+        if rows is not None and rows < len(teacher_tokenizer):  # larger is fine: some checkpoints pad the matrix
+            where = "its own tokenizer" if teacher_tokenizer is not data.tokenizer else \
+                f"the tokenizer (tokenizer.path {cfg.tokenizer.path})"
+            raise ConfigError(f"teacher.model: {cfg.teacher.model} has {rows} word embeddings, fewer than the "
+                              f"{len(teacher_tokenizer)} pieces of {where}; use the teacher's own tokenizer")
     else:  # the random BERT build_teacher makes (transformers' default of 512 positions)
         tcfg = BertConfig(num_hidden_layers=cfg.teacher.num_layers, hidden_size=cfg.teacher.hidden_size,
                           num_attention_heads=cfg.teacher.num_heads)
         who = "the teacher (a random BERT)"
     _check_positions(cfg, tcfg, who)
+    if "teacher" in parts:  # the file as the teacher's engine fills it: no "auto" left, batch sizes that agree
+        build_ds_config(cfg.deepspeed, cfg.teacher.batch_size, world_size(), tcfg.hidden_size)
     if "distill" in parts:
         if cfg.student.init_from:
             scfg = _model_config(cfg.student.init_from, "student.init_from")
             _check_positions(cfg, scfg, f"student.init_from {cfg.student.init_from}")
-            student_layers = scfg.num_hidden_layers
+            if getattr(scfg, "vocab_size", pieces) != pieces:
+                raise ConfigError(f"student.init_from: {cfg.student.init_from} has a vocabulary of "
+                                  f"{scfg.vocab_size} pieces, the tokenizer {pieces}; the student must keep the "
+                                  "tokenizer's vocabulary")
+            student_layers, student_hidden = scfg.num_hidden_layers, scfg.hidden_size
         else:
-            student_layers = student_shape(cfg.student).num_layers
+            student_layers, student_hidden = (student_shape(cfg.student).num_layers,
+                                              student_shape(cfg.student).hidden_size)
+        build_ds_config(cfg.deepspeed, cfg.distill.batch_size, world_size(), student_hidden)
         teacher_layers = tcfg.num_hidden_layers
         if cfg.distill.teacher_cache or any(s.losses.get("hidden", 0) > 0 for s in resolve_stages(cfg)):
             resolve_layer_map(cfg.distill.layer_map, student_layers, teacher_layers)

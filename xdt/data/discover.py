@@ -32,7 +32,7 @@ from xdt.data.readers import (
 )
 from xdt.data.scheme import detect_scheme, iob1_to_iob2, opens_with
 from xdt.data.sentence import Sentence, is_iob_tag
-from xdt.errors import DataError, XdtError
+from xdt.errors import SYMLINK_LOOP, DataError, XdtError, is_symlink_loop
 
 SPLITS = ("train", "dev", "test")
 SPLIT_ALIASES = {"train": ("train",), "dev": ("dev", "validation", "valid"), "test": ("test",)}
@@ -93,7 +93,8 @@ def discover(path: str | Path, split: str | None = None, fmt: str | None = None)
         return [DataSource("hf", canonical_split(s), text) for s in ([split] if split else SPLITS)]
     path = Path(path)
     if not path.exists():
-        raise DataError(path, "not found")
+        raise DataError(path, f"{SYMLINK_LOOP}; expected a data file or folder" if is_symlink_loop(path)
+                        else "not found")
     splits = [canonical_split(split)] if split else list(SPLITS)
     if path.is_file():
         form = fmt or detect_file_format(path)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xdt.data.sentence import HF_WIKIANN_LABEL_ORDER, WIKIANN_LABELS, Sentence, is_iob_tag
-from xdt.errors import DataError
+from xdt.errors import SYMLINK_LOOP, DataError, is_symlink_loop
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
     and (once the lines run out) a file whose lines are all blank, which would otherwise read as no data at all."""
     path = Path(path)
     if not path.exists():
-        raise DataError(path, "file not found")
+        raise DataError(path, f"{SYMLINK_LOOP}; expected a file" if is_symlink_loop(path) else "file not found")
     if not path.is_file():
         raise DataError(path, "not a regular file")
     if path.stat().st_size == 0:

@@ -70,3 +70,11 @@ def _compute_fingerprint(tokenizer) -> str:
     backend.pop("truncation", None)
     backend.pop("padding", None)
     return _fingerprint(json.dumps(backend, sort_keys=True), specials)
+
+
+def check_vocabulary(tokenizer, rows, model: str | Path, tokenizer_dir: str | Path) -> None:
+    """A tokenizer with more pieces than the model has word-embedding rows (config.json `vocab_size`) would feed
+    ids beyond the table: an IndexError on the first sentence that uses one. Refused before the model loads."""
+    if isinstance(rows, int) and len(tokenizer) > rows:
+        raise XdtError(f"{tokenizer_dir}: the tokenizer has {len(tokenizer)} pieces, more than the {rows} rows of "
+                       f"{model}'s word-embedding table (config.json vocab_size); use the model's own tokenizer")

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from xdt.data.sentence import Sentence
+from xdt.data.tokenizer import check_vocabulary
 from xdt.deploy.onnx_predictor import (
     INPUTS,
     MANIFEST,
@@ -158,6 +159,7 @@ def _export(model, out, quantize, tokenizer, data, langs, split, fmt, tolerance,
     src = model_folder(model)
     torch_model = load_token_model(src).float()
     tok = load_tokenizer_for(src, tokenizer)
+    check_vocabulary(tok, torch_model.config.vocab_size, src, tokenizer or src)
     sentences = parity_sentences(data, langs, split, fmt, per_lang)
     limit = getattr(torch_model.config, "max_position_embeddings", 512)
     if torch_model.config.model_type in ("roberta", "xlm-roberta", "camembert"):

@@ -121,7 +121,7 @@ def train_teacher(cfg: RunConfig, data: TaskData, out_dir: str | Path, *, task: 
                 log.info("teacher step %d/%d: loss %.4f, dev score %.2f", step, total, loss_value, score)
             if score > best:
                 best, bad = score, 0
-                save_hf(engine.module, best_path, tokenizer, zero3=zero3)
+                save_hf(engine.module, best_path, tokenizer, zero3=zero3, max_seq_length=cfg.data.max_seq_length)
             else:
                 bad += 1
                 if tc.early_stopping_patience and bad >= tc.early_stopping_patience:

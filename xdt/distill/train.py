@@ -288,7 +288,7 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
                 metrics.log(global_step, **{"distill/dev_f1": score})
                 if score > best:
                     best = score
-                    save_hf(student, best_path, tokenizer, zero3=zero3)
+                    save_hf(student, best_path, tokenizer, zero3=zero3, max_seq_length=cfg.data.max_seq_length)
                 if score >= anchor:
                     anchor = score
                     save_snapshot(module, anchor_path, zero3)
@@ -363,7 +363,7 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
             del engine, optimizer, scheduler
 
     if best < 0 and not best_path.exists():  # no stage trained the output: keep the final student
-        save_hf(student, best_path, tokenizer, zero3=zero3)
+        save_hf(student, best_path, tokenizer, zero3=zero3, max_seq_length=cfg.data.max_seq_length)
     if teacher_engine is not None:
         teacher_engine.destroy()
     preempt.uninstall()

@@ -11,15 +11,24 @@ import torch
 
 from xdt.engine.distributed import barrier, is_main
 
+# config.json key of a model xdt trained: the sub-words per window it was trained and selected with
+# (data.max_seq_length). `xdt eval` scores with the same windows unless --max-seq-length says otherwise, so the
+# model that `xdt run` scores and the exported one give one score.
+WINDOW_KEY = "xdt_max_seq_length"
 
-def save_hf(model: torch.nn.Module, out: str | Path, tokenizer=None, zero3: bool = False) -> Path:
+
+def save_hf(model: torch.nn.Module, out: str | Path, tokenizer=None, zero3: bool = False,
+            max_seq_length: int | None = None) -> Path:
     """`model.save_pretrained(out)` (+ tokenizer), replacing `out` only once the new folder is complete.
+    `max_seq_length`: recorded in config.json as `WINDOW_KEY`.
 
     Under ZeRO-3 each rank holds a shard of every parameter: they are gathered one layer at a time (a collective:
     every rank must call this) and only rank 0 keeps the values and writes, so no other rank ever holds the whole
     model and rank 0 holds it once.
     """
     out = Path(out)
+    if max_seq_length is not None:
+        setattr(model.config, WINDOW_KEY, int(max_seq_length))
     if zero3:
         from xdt.engine.zero3 import gathered
 

@@ -8,9 +8,9 @@ checkpoints hold (found by loading real ZeRO-0...3 checkpoints, fp32/bf16, with 
 xdt). A file that needs anything else (a pickled function call, any other class) is refused with one line naming
 the file, before any of it runs.
 
-Everything else xdt reads is data by construction: model weights through safetensors (`use_safetensors=True`,
-or transformers' own `weights_only=True` load of a `.bin`), caches as `.npy` (`allow_pickle=False`) and JSON,
-restore snapshots and per-rank RNG states as safetensors.
+Everything else xdt reads is data by construction: model weights through safetensors only (a model folder's
+pickled `.bin`/`.pt` weights are refused by name before anything opens them: `check_model_weights`), caches as
+`.npy` (`allow_pickle=False`) and JSON, restore snapshots and per-rank RNG states as safetensors.
 """
 
 from __future__ import annotations
@@ -113,3 +113,23 @@ def check_safetensors(folder: str | Path) -> None:
         except (SafetensorError, OSError) as err:
             raise XdtError(f"{path}: not a complete safetensors file ({err}); it is truncated or damaged, write "
                            "it again") from None
+
+
+PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def check_model_weights(folder: str | Path, key: str = "") -> None:
+    """A model folder xdt builds a model from holds safetensors weights, whole (`check_safetensors`). Pickled
+    weights (`pytorch_model.bin`, `*.pt`) are refused by name before anything opens them: torch unpickles such a
+    file to read it, and a pickle can run code. `key` (e.g. "teacher.model") starts the message."""
+    folder = Path(folder)
+    where = f"{key}: " if key else ""
+    if any(folder.glob("*.safetensors")):
+        check_safetensors(folder)
+        return
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLED_WEIGHTS) if folder.is_dir() else []
+    if pickled:
+        raise XdtError(f"{where}{folder / pickled[0]}: pickled weights, refused unopened (unpickling can run code "
+                       "the file holds); xdt loads models from safetensors only: if you trust the file, re-save the "
+                       "model with save_pretrained(DIR), which writes model.safetensors")
+    raise XdtError(f"{where}{folder}: no model weights (expected model.safetensors, or *.safetensors shards)")

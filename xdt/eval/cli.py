@@ -76,8 +76,10 @@ def add_eval_parser(subparsers) -> None:
     ev.add_argument("--tokenizer", help="tokenizer folder when the model folder has none")
     ev.add_argument("--teacher-tokenizer", help="tokenizer folder when the teacher folder has none")
     ev.add_argument("--batch-size", type=int, default=64, help="windows per batch (64)")
-    ev.add_argument("--max-seq-length", type=int, default=128,
-                    help="sub-words per window, specials included (128); longer sentences are windowed")
+    ev.add_argument("--max-seq-length", type=int,
+                    help="sub-words per window, specials included (default: the length the model was trained with, "
+                         "recorded by xdt in its config.json as xdt_max_seq_length; else 128); longer sentences "
+                         "are windowed")
     ev.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     ev.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA with bf16, fp32 on CPU), fp32, bf16, fp16")
     ev.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",

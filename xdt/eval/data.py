@@ -10,7 +10,7 @@ from xdt.data.cache import file_digest
 from xdt.data.discover import canonical_split, discover, read_source
 from xdt.data.readers import ReadOptions, ReadReport
 from xdt.data.sentence import Sentence
-from xdt.errors import XdtError
+from xdt.errors import SYMLINK_LOOP, XdtError, is_symlink_loop
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ def load_eval_data(paths: list[str], split: str, langs: list[str] | None, fmt: s
     split = canonical_split(split)
     given: dict[str, str] = {}  # resolved -> as given
     for path in map(str, paths):
+        if is_symlink_loop(path):  # Path.resolve() raises RuntimeError on it
+            raise XdtError(f"--data {path}: {SYMLINK_LOOP}; expected a data file or folder")
         key = path if path.startswith("hf:") else str(Path(path).resolve())
         if key in given:
             also = f" (also as {given[key]})" if given[key] != path else ""

@@ -51,17 +51,22 @@ def _teacher_identity(report: dict, where: Path) -> dict | None:
     return out
 
 
-def _load(folder: Path) -> dict:
-    path = folder / "report.json"
+def _load(given: Path) -> dict:
+    """The report of one shard, `given` as its --out folder or as its report.json: an error names what the user
+    gave (a file that is not a report is named itself, never a report.json beside it)."""
+    path = given if given.is_file() else given / "report.json"
+    expected = "expected the --out folder of an `xdt eval --shard` run, or its report.json"
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise XdtError(f"{path}: not found; expected the --out folder of an `xdt eval --shard` run") from None
+        raise XdtError(f"{path if given.is_dir() else given}: not found; {expected}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise XdtError(f"{path}: not valid JSON: {err}") from None
+        raise XdtError(f"{path}: not a report (not valid JSON: {err}); {expected}") from None
+    if not isinstance(report, dict):
+        raise XdtError(f"{path}: not a report (a JSON {type(report).__name__}); {expected}")
     for key in ("languages", "missing", "requested", "timing") + _SAME:
         if key not in report:
-            raise XdtError(f"{path}: no `{key}` key; expected a report.json written by `xdt eval`")
+            raise XdtError(f"{path}: no `{key}` key; {expected}")
     return report
 
 
@@ -91,14 +96,21 @@ def merge_reports(folders: list[str | Path], out: str | Path, allow_partial: boo
                   overwrite: bool = False) -> dict:
     if not folders:
         raise XdtError("xdt eval merge: expected the output folders of the shard runs")
-    folders = [Path(f).parent if Path(f).is_file() else Path(f) for f in folders]  # report.json -> its folder
+    given = [Path(f) for f in folders]
+    folders = [f.parent if f.is_file() else f for f in given]  # report.json -> its folder
     check_out(out, overwrite, folders)  # `--out <a shard>` would replace the shard being merged
-    reports = [_load(f) for f in folders]
+    reports = [_load(f) for f in given]
     first = reports[0]
     for key in _SAME:
         _identity(first, key, folders[0])
     _teacher_identity(first, folders[0])
     for folder, report in zip(folders[1:], reports[1:]):
+        windows = [r["settings"].get("max_seq_length") if isinstance(r["settings"], dict) else None
+                   for r in (first, report)]
+        if windows[0] != windows[1]:  # scores of one model differ with the window: never one report
+            raise XdtError(f"{folder}: scored with windows of {windows[1]} sub-words, {folders[0]} with {windows[0]} "
+                           "(settings.max_seq_length); only shards of one evaluation, with one window, merge: "
+                           "re-run the odd shard with --max-seq-length")
         for key in _SAME:
             mine, theirs = _identity(report, key, folder), _identity(first, key, folders[0])
             if mine != theirs:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from xdt.data.tokenizer import load_tokenizer, tokenizer_fingerprint
+from xdt.data.tokenizer import check_vocabulary, load_tokenizer, tokenizer_fingerprint
 from xdt.errors import XdtError
 from xdt.eval import bf16_bert, fast_bert
 
@@ -114,6 +114,24 @@ def _check_folder(path: Path) -> dict:
     return config
 
 
+def trained_window(path: str | Path) -> int | None:
+    """The sub-words per window a model folder says it was trained with (`xdt_max_seq_length` in its config.json,
+    written by xdt's training and kept by export, trim and ONNX export), or None (not written by xdt)."""
+    from xdt.engine.hf_save import WINDOW_KEY
+
+    config_file = Path(path) / "config.json"
+    try:
+        value = json.loads(config_file.read_text(encoding="utf-8")).get(WINDOW_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None  # no readable config: loading the model names the fault
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 3:
+        raise XdtError(f"{config_file}: {WINDOW_KEY} is {value!r}; expected the integer sub-words per window the "
+                       "model was trained with (at least 3), or pass --max-seq-length")
+    return value
+
+
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -141,6 +159,13 @@ def load_model(path: str | Path, tokenizer: str | Path | None = None, device: st
                        "model; expected a token-classification (NER) model")
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
+    try:
+        tok = load_tokenizer(tokenizer or path)
+    except XdtError as err:
+        if tokenizer is None:
+            raise XdtError(f"{err} (the model folder has no usable tokenizer; pass --tokenizer DIR)") from None
+        raise
+    check_vocabulary(tok, config.get("vocab_size"), path, tokenizer or path)
     hf_logging.disable_progress_bar()
     try:
         model, info = AutoModelForTokenClassification.from_pretrained(
@@ -155,12 +180,6 @@ def load_model(path: str | Path, tokenizer: str | Path | None = None, device: st
         raise XdtError(f"{path}: weights missing from model.safetensors: {shown}; the model would be partly random "
                        "(is it a token-classification checkpoint?)")
     model.to(device=dev, dtype=dt).eval()
-    try:
-        tok = load_tokenizer(tokenizer or path)
-    except XdtError as err:
-        if tokenizer is None:
-            raise XdtError(f"{err} (the model folder has no usable tokenizer; pass --tokenizer DIR)") from None
-        raise
     id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
     max_positions = getattr(model.config, "max_position_embeddings", None)
     if max_positions is not None and model.config.model_type in ("roberta", "xlm-roberta", "camembert"):
@@ -196,6 +215,7 @@ def _load_onnx(path: Path, tokenizer: str | Path | None, device: str, dtype: str
         tok = load_tokenizer(tokenizer or path)
     except XdtError as err:
         raise XdtError(f"{err} (the ONNX folder has no usable tokenizer; pass --tokenizer DIR)") from None
+    check_vocabulary(tok, getattr(config, "vocab_size", None), path, tokenizer or path)
     max_positions = getattr(config, "max_position_embeddings", None)
     if max_positions is not None and config.model_type in ("roberta", "xlm-roberta", "camembert"):
         max_positions -= 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -16,7 +16,7 @@ from xdt.data.cache import align_cached
 from xdt.engine.safe_load import check_safetensors
 from xdt.errors import XdtError
 from xdt.eval.data import EvalData, load_eval_data
-from xdt.eval.model import LoadedModel, check_labels, load_model
+from xdt.eval.model import LoadedModel, check_labels, load_model, trained_window
 from xdt.eval.predict import predict_label_ids, to_label_names
 from xdt.eval.report import finalize, language_entry, write_all, write_predictions
 from xdt.eval.scoring import score
@@ -24,6 +24,7 @@ from xdt.eval.suites import SCHEMES, Suite, default_reference, load_reference, l
 from xdt.outputs import check_out, staged_folder
 
 REFERENCE_NAME = "XtremeDistil (ACL 2020) Table 17"
+DEFAULT_WINDOW = 128  # sub-words per window of a model that does not record the one it was trained with
 
 
 @dataclass
@@ -41,7 +42,9 @@ class EvalOptions:
     tokenizer: str | None = None
     teacher_tokenizer: str | None = None
     batch_size: int = 64
-    max_seq_length: int = 128
+    # sub-words per window; None: the window the model was trained with (its config.json's xdt_max_seq_length),
+    # else DEFAULT_WINDOW. The teacher column is scored with the same windows.
+    max_seq_length: int | None = None
     device: str = "auto"
     dtype: str = "auto"
     precision: str = "auto"  # CPU BERT forward: auto (bf16 + fp32 re-check where the CPU has bf16), fp32, bf16
@@ -96,7 +99,7 @@ def _check_options(opts: EvalOptions) -> None:
         raise XdtError("--teacher and --compare both give the teacher column; pass one of them")
     if opts.batch_size < 1:
         raise XdtError(f"--batch-size {opts.batch_size}: expected a positive integer")
-    if opts.max_seq_length < 3:
+    if opts.max_seq_length is not None and opts.max_seq_length < 3:
         raise XdtError(f"--max-seq-length {opts.max_seq_length}: expected at least 3")
     if opts.max_sentences is not None and opts.max_sentences < 1:
         raise XdtError(f"--max-sentences {opts.max_sentences}: expected a positive integer")
@@ -189,6 +192,8 @@ def evaluate(opts: EvalOptions) -> dict:
     t_start = time.perf_counter()
     _check_options(opts)
     check_out(opts.out, opts.overwrite, _inputs(opts))
+    if opts.max_seq_length is None:  # one rule: the windows the model was trained with, as `xdt run` scores it
+        opts = replace(opts, max_seq_length=trained_window(opts.model) or DEFAULT_WINDOW)
     suite = resolve_suite(opts)
     requested = list(suite.languages)
     share = shard_languages(requested, opts.shard) if requested else None

@@ -68,6 +68,10 @@ def find_model_folder(checkpoint: str | Path) -> Path:
     for candidate in (path, path / "student_best", path / "hf", path / "student"):
         if (candidate / "config.json").is_file() and any(candidate.glob("*.safetensors")):
             return candidate
+    from xdt.engine.safe_load import PICKLED_WEIGHTS, check_model_weights
+
+    if (path / "config.json").is_file() and any(p.suffix in PICKLED_WEIGHTS for p in path.iterdir()):
+        check_model_weights(path)  # pickled weights only: named, unopened
     raise XdtError(f"{path}: no HF model folder here (expected config.json with *.safetensors in it, or in its "
                    "student_best/ or hf/ subfolder)")
 
@@ -97,6 +101,7 @@ def export_model(checkpoint: str | Path, out: str | Path, tokenizer_dir: str | P
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
+    from xdt.data.tokenizer import check_vocabulary
     from xdt.engine.safe_load import check_safetensors
     from xdt.outputs import check_out, staged_folder
 
@@ -114,13 +119,14 @@ def export_model(checkpoint: str | Path, out: str | Path, tokenizer_dir: str | P
         raise XdtError(f"{src}/config.json: id2label is missing or generic ({config.id2label}); the export needs "
                        "label names")
     auto = getattr(transformers, TASK_CLASSES[_task(config)])
-    if tagged is None:
-        model = auto.from_pretrained(str(src), use_safetensors=True).eval()
     tok_src = Path(tokenizer_dir) if tokenizer_dir else src
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tok_src))
     except (OSError, ValueError) as err:
         raise XdtError(f"{tok_src}: no tokenizer to export with the model ({err}); pass --tokenizer DIR") from err
+    check_vocabulary(tokenizer, config.vocab_size, src, tok_src)  # the reload check would index beyond the table
+    if tagged is None:
+        model = auto.from_pretrained(str(src), use_safetensors=True).eval()
 
     with staged_folder(out, overwrite, inputs) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)

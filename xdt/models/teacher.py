@@ -15,6 +15,7 @@ from transformers import (AutoModelForSequenceClassification, AutoModelForTokenC
                           PreTrainedModel)
 
 from xdt.config import TeacherConfig
+from xdt.engine.safe_load import check_model_weights
 from xdt.engine.zero3 import build_model, from_pretrained
 from xdt.errors import ConfigError
 from xdt.models.student import Task, model_class, label_maps
@@ -65,6 +66,7 @@ def _load_teacher(cfg: TeacherConfig, *, vocab_size: int, labels: Sequence[str],
                           + (" (HF_HUB_OFFLINE=1: hub names cannot be fetched)" if offline else ""))
     if not (folder / "config.json").is_file():
         raise ConfigError(f"teacher.model: no config.json in {cfg.model}")
+    check_model_weights(folder, "teacher.model")  # a pickled .bin is refused before torch opens it
     auto = AutoModelForTokenClassification if task == "token" else AutoModelForSequenceClassification
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:

@@ -37,7 +37,7 @@ from pathlib import Path
 from xdt import __version__
 from xdt.config import to_dict
 from xdt.data.readers import ReadReport
-from xdt.errors import DataError, XdtError
+from xdt.errors import SYMLINK_LOOP, DataError, XdtError, is_symlink_loop
 from xdt.outputs import check_out, staged_folder
 from xdt.transfer.codeswitch import Change, CodeSwitcher, Item
 from xdt.transfer.config import SourceConfig, TransferConfig, resolve_path, source_name
@@ -506,6 +506,8 @@ def read_transfer(path: str | Path) -> Iterator[dict]:
     """The records of a transfer set (its folder or a .jsonl file), each line checked as JSON."""
     path = Path(path)
     file = path / TRANSFER_FILE if path.is_dir() else path
+    if is_symlink_loop(file):
+        raise DataError(file, f"{SYMLINK_LOOP}; expected a transfer set (DIR/transfer.jsonl or a .jsonl file)")
     if not file.is_file():
         raise DataError(file, "transfer set file not found (xdt transfer build writes DIR/transfer.jsonl)")
     with open(file, "rb") as f:  # bytes: a binary file is one line naming where, not a UnicodeDecodeError

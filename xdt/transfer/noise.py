@@ -117,10 +117,14 @@ class MlmReplacer:
         self.cfg = cfg
         self.keep_entities = keep_entities
         self.torch = torch
+        from xdt.engine.safe_load import check_model_weights
+
+        if Path(model_dir).is_dir():
+            check_model_weights(model_dir)  # safetensors only: a pickled .bin is refused before torch opens it
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
             self.model = AutoModelForMaskedLM.from_pretrained(str(model_dir), local_files_only=True,
-                                                              weights_only=True)  # a .bin: no pickled code
+                                                              use_safetensors=True)
         except (OSError, ValueError) as err:
             raise XdtError(f"{model_dir}: cannot load a masked LM and its tokenizer: {err}") from None
         if not self.tokenizer.is_fast or self.tokenizer.mask_token is None:

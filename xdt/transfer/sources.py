@@ -17,7 +17,7 @@ from pathlib import Path
 from xdt.data.discover import DataSource, discover, read_source
 from xdt.data.readers import UNDETERMINED_LANG, ReadOptions, ReadReport, read_text
 from xdt.data.sentence import Sentence
-from xdt.errors import DataError
+from xdt.errors import SYMLINK_LOOP, DataError, is_symlink_loop
 from xdt.languages import registry
 from xdt.transfer.config import SourceConfig, resolve_path
 
@@ -48,7 +48,8 @@ def source_units(src: SourceConfig, langs: list[str] | None = None) -> list[Sour
     """The files of a source; files whose name gives a language outside `src.langs` or `langs` are left out."""
     path = resolve_path(src.path)
     if not path.exists():
-        raise DataError(path, "source not found")
+        raise DataError(path, f"{SYMLINK_LOOP}; expected the source's file or folder" if is_symlink_loop(path)
+                        else "source not found")
     if src.kind == "labeled":
         units = [SourceUnit(d.path, d.lang, d) for d in discover(path, src.split, src.format)]
         kept = [u for u in units if u.lang is None or ((src.langs is None or u.lang in src.langs)
