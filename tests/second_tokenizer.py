@@ -1,5 +1,5 @@
 """A second, real tokenizer for cross-tokenizer tests: a SentencePiece-style unigram model (Metaspace, <s>/</s>, as
-XLM-R's) trained on the given text with the `tokenizers` library, and a random BERT teacher folder that uses it."""
+XLM-R's) counted from the given text, and a random BERT teacher folder that uses it."""
 
 from __future__ import annotations
 
@@ -8,18 +8,39 @@ from pathlib import Path
 
 
 def build_unigram_tokenizer(texts: Iterable[str], folder: Path, vocab_size: int = 2000):
-    """Train a unigram tokenizer on `texts`, save it as an HF fast tokenizer in `folder`, and return it."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A unigram tokenizer for `texts`, saved as an HF fast tokenizer in `folder`, and returned.
+
+    Its pieces are counted here rather than trained by `tokenizers`' UnigramTrainer, whose result changes from run
+    to run (it works in parallel): every character, then the most frequent word-initial (with the word-start marker
+    ▁) and word-inner substrings of 2-6 characters, scored by log frequency. Deterministic for the same text."""
+    import math
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # XLM-R's ids 0..3, mask last
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
+    norm = normalizers.NFKC()
+    chars: Counter = Counter()
+    grams: Counter = Counter()
+    for text in texts:
+        for word in norm.normalize_str(text).split():
+            marked = "\u2581" + word
+            chars.update(marked)
+            for i in range(len(marked)):
+                for n in range(2, 7):
+                    if i + n <= len(marked) and not (i > 0 and marked[i] == "\u2581"):
+                        grams[marked[i:i + n]] += 1
+    room = max(0, vocab_size - len(specials) - len(chars))
+    kept = sorted(grams.items(), key=lambda kv: (-kv[1] * len(kv[0]), kv[0]))[:room]
+    total = sum(chars.values()) + sum(c for _, c in kept)
+    pieces = [(p, 0.0) for p in specials]
+    pieces += [(p, math.log(c / total)) for p, c in sorted(chars.items())]
+    pieces += [(p, math.log(c / total)) for p, c in sorted(kept)]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=3))
+    tok.normalizer = norm
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>",
-                                      shrinking_factor=0.75, n_sub_iterations=2)
-    tok.train_from_iterator(list(texts), trainer)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
                                                        special_tokens=[("<s>", 0), ("</s>", 2)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", cls_token="<s>",

@@ -254,7 +254,7 @@ def cross_teacher(tmp_path_factory):
     _, _, data = start_run(cfg, "teacher")
     assert data.cross_tokenizer and data.teacher_tokenizer.cls_token == "<s>"
     summary = train_teacher_step(cfg, data, root / "teacher")
-    assert summary["best_dev_f1"] > 45, summary  # measured 53.4 (from scratch, 246 steps)
+    assert summary["best_dev_f1"] > 50, summary  # measured 57.5 (from scratch, 246 steps; 54.7 at seed 7)
     return root, base, Path(summary["path"]), data
 
 
@@ -282,7 +282,8 @@ def test_a_cross_tokenizer_d42_student_beats_its_own_d0s(cross_teacher):
     """The paper's low-resource setting: the students have 40 labeled sentences per language and a code-switched
     transfer set of all training text; same student start, data and label steps, D4.2 adds the teacher's
     representations and logits, word by word across tokenizers. Scored on held-in data: every training sentence
-    (the teacher's, and the transfer set's). Measured: D4.2 56.0, D0-S 49.3."""
+    (the teacher's, and the transfer set's). Measured at 30 steps per phase, seeds 42 / 7 / 1: D4.2 67.9 / 62.0 /
+    59.3, D0-S 52.4 / 50.3 / 50.2 (at 12 steps the gap was +9.3 / -0.5 / +8.6: too few steps to be a claim)."""
     from xdt.config import load_config
     from xdt.distill.selection import dev_score
     from xdt.run import distill_step, start_run
@@ -293,7 +294,7 @@ def test_a_cross_tokenizer_d42_student_beats_its_own_d0s(cross_teacher):
               "student.num_heads=2", "student.intermediate_size=256", "student.embedding_size=32",
               "distill.lr=1e-3", "distill.schedule=constant", "data.limit=40", "data.transfer=mock"]
     scores = {}
-    for strategy, steps in (("D4.2", 12), ("D0-S", 12 * 7)):  # D4.2's label stage: 7 unfreeze steps of 12
+    for strategy, steps in (("D4.2", 30), ("D0-S", 30 * 7)):  # D4.2's label stage: 7 unfreeze steps of 30
         cfg = load_config(None, [*common, f"distill.strategy={strategy}", f"distill.steps={steps}",
                                  f"output.dir={root / strategy}"])
         _, _, data = start_run(cfg, "distill")
@@ -301,4 +302,4 @@ def test_a_cross_tokenizer_d42_student_beats_its_own_d0s(cross_teacher):
         student = AutoModelForTokenClassification.from_pretrained(result["path"])
         scores[strategy] = dev_score(student, {"train": held_in.train}, data.labels,
                                      data.tokenizer.pad_token_id).mean_f1
-    assert scores["D4.2"] > scores["D0-S"] + 3, scores
+    assert scores["D4.2"] > scores["D0-S"] + 5, scores
