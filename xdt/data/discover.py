@@ -7,12 +7,14 @@ Layouts recognised under a folder:
   {lang}/{split}*.parquet, {split}*.parquet            -> hf
   {split}.tsv, {split}_*.tsv, {split}.txt              -> detected from content (xtremedistil, xtreme, raw, text)
 A folder holding a split in two of these layouts is refused (naming a file of each), never read in part.
-A single file is read as its content says (or as `fmt` says). Detection reads every line; the readers check that
-the content fits the format they were given, so a forced `--format` that does not fit is refused too.
+A single file is read as its content says (or as `fmt` says). Detection reads up to DETECT_LINES non-blank lines; the
+readers check that every line they read fits the format they were given, so a forced `--format` that does not fit
+is refused too.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,8 +58,11 @@ def canonical_split(split: str) -> str:
     raise XdtError(f"unknown split {split!r}; expected one of train, dev (validation), test")
 
 
+DETECT_LINES = 20000  # a majority of this many lines decides a format; reading 20k-sentence files whole did not
+
+
 def detect_file_format(path: Path) -> str:
-    """Format of one file from its name, else from every one of its lines, by majority: `token<TAB>TAG` lines
+    """Format of one file from its name, else from its first DETECT_LINES lines, by majority: `token<TAB>TAG` lines
     (raw when half or more of the tokens carry a `lang:` prefix, else xtreme), `words<TAB>TAGS` lines
     (xtremedistil), or anything else (text). The reader then refuses each line that does not fit."""
     if path.suffix == ".parquet":
@@ -68,6 +73,8 @@ def detect_file_format(path: Path) -> str:
     for _, line in iter_lines(path):  # refuses a file of blank lines only
         if not line.strip():
             continue
+        if conll + sentence + other == DETECT_LINES:
+            break
         fields = line.split("\t")
         tags = fields[1].split() if len(fields) == 2 else []
         if not tags or not all(is_iob_tag(t.rpartition(":")[2]) for t in tags):
@@ -174,9 +181,13 @@ def _lang_from_name(path: Path) -> str | None:
     return None
 
 
-def read_source(source: DataSource, opts: ReadOptions, report: ReadReport) -> Iterator[Sentence]:
+def read_source(source: DataSource, opts: ReadOptions, report: ReadReport,
+                limit: int | None = None) -> Iterator[Sentence]:
     """The sentences of one source. Text streams; labeled sources are read whole, since telling an IOB1 file
-    (converted to IOB2 here, and noted in `report.converted`) needs all of its tags."""
+    (converted to IOB2 here, and noted in `report.converted`) needs all of its tags. With `limit`, a source of one
+    language (`source.lang` known) gives its first `limit` sentences, read alone where they settle the scheme: an
+    entity opened by B- in them makes the file IOB2, and with no entity opened by I- there is nothing to convert;
+    only where they look IOB1 is the rest read to tell (IOB1, or IOB2 with stray I- openings further on)."""
     path = Path(source.path)
     if source.format == "text":
         return read_text(path, opts)
@@ -191,6 +202,12 @@ def read_source(source: DataSource, opts: ReadOptions, report: ReadReport) -> It
         sentences = read_hf(source.path, source.split, lang_opts)
     else:
         raise XdtError(f"unknown format {source.format!r}; expected one of {', '.join(FORMATS)}")
+    if limit and source.lang is not None:
+        sentences = iter(sentences)
+        head = list(itertools.islice(sentences, limit))
+        if detect_scheme(s.tags for s in head if s.tags) != "IOB1":
+            return iter(head)
+        return iter(as_iob2(head + list(sentences), source.path, report)[:limit])
     return iter(as_iob2(list(sentences), source.path, report))
 
 

@@ -89,7 +89,7 @@ def _read(path: str, split: str, langs: list[str] | None, cfg: RunConfig, report
     for source in discover(path, split, cfg.data.format):
         if wanted is not None and source.lang is not None and source.lang not in wanted:
             continue
-        for s in read_source(source, opts, report):
+        for s in read_source(source, opts, report, limit):
             if (wanted is None or s.lang in wanted) and (not limit or per_lang.get(s.lang, 0) < limit):
                 per_lang[s.lang] = per_lang.get(s.lang, 0) + 1
                 sentences.append(s)
