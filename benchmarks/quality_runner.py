@@ -61,13 +61,15 @@ def command_line(step: Step) -> str:
     return " ".join(shlex.quote(a) for a in program + step.argv)
 
 
-def step_env(args) -> dict:
+def step_env(args, threads: int) -> dict:
+    """The environment of every command: offline, the aligned-data cache inside the work folder, `threads`
+    intra-op threads (0: torch's default)."""
     env = dict(os.environ)
     env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                 "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1",
-                "XDT_CACHE": str(args.work / "xdt_cache")})  # aligned-data cache inside the work folder
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
+                "XDT_CACHE": str(args.work / "xdt_cache")})
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     return env
 
 
