@@ -51,8 +51,8 @@ def test_defaults_full_and_explicit_flags(quality, tmp_path):
         (["a"], ["D0-S", "D4.2"], 5, 9, ["en", "hi"])
 
 
-@pytest.mark.parametrize("argv", [["--presets", "D5"], ["--tracks", "c"], ["--resume", "--overwrite"],
-                                  ["--steps", "-1"], ["--b-budget", "0"]])
+@pytest.mark.parametrize("argv", [["--presets", "D5"], ["--tracks", "d"], ["--resume", "--overwrite"],
+                                  ["--steps", "-1"], ["--b-budget", "0"], ["--seeds", "0"]])
 def test_bad_flags(quality, argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         quality.parse_args(argv)
@@ -133,6 +133,59 @@ def test_generated_configs_and_commands_parse(quality, tmp_path):
         assert cfg.distill.steps == (args.b_steps * 7 if variant == "D0-S" else args.b_steps)
         assert cfg.data.transfer.endswith(f"transfer/{kind}")
         assert cfg.distill.teacher_cache == b[f"b/cache/{kind}"].distill.teacher_cache
+
+
+@pytest.mark.data
+def test_track_c_configs_and_commands_parse(quality, tmp_path):
+    """Track C: the e5 conversion, a teacher with its own tokenizer (frozen embeddings), mBERT-vocabulary students
+    over three seeds (the teacher once), every student scored with the wikiann41 suite on both data layouts."""
+    from xdt.cli import build_parser
+    from xdt.config import load_config
+    from xdt.transfer.config import load_transfer_config
+
+    from .conftest import SHARED_DATA, need
+
+    need(SHARED_DATA / "wikiann" / "raw")
+    args = quality.parse_args(["--work", str(tmp_path / "w"), "--tracks", "c", "--c-steps", "5"])
+    assert args.seed_list == [42, 7, 1] and len(args.c_langs) == 30 and {"bs", "ca", "hr", "lv", "en"} <= \
+        set(args.c_langs)
+    quality.prepare_work(args)
+    plan = quality.track_c.plan(args)
+    quality.write_configs(plan, args)
+    data = args.work / "c" / "data"
+    assert sorted(p.name for p in data.iterdir()) == sorted(args.c_langs)
+    assert (data / "bs" / "train").resolve() == (SHARED_DATA / "wikiann" / "raw" / "bs" / "train").resolve()
+    assert (data / "af" / "dev").resolve() == (SHARED_DATA / "wikiann" / "xtreme" / "dev-af.tsv").resolve()
+
+    parser = build_parser()
+    steps = {s.name: s for s in plan.steps}
+    assert steps["c/e5"].program[-1].endswith("benchmarks/e5_teacher.py") and steps["c/e5"].argv[0] == "--out"
+    distills = [n for n in steps if n.startswith("c/distill/")]
+    assert len(distills) == 9 and sum(n.endswith("/s7") for n in distills) == 3
+    for name, step in steps.items():
+        if step.program:
+            continue
+        ns = parser.parse_args(step.argv)
+        if step.argv[0] == "export":
+            assert ns.checkpoint.endswith("student_best")
+        elif step.argv[0] == "eval":
+            assert ns.suite == "wikiann41" and ns.allow_missing and len(ns.data) == 2
+            assert (ns.compare is None) == (name == "c/eval/teacher")
+        elif step.argv[:2] == ["transfer", "build"]:
+            cfg = load_transfer_config(ns.config, ns.overrides, check=False)
+            assert cfg.sampling.max_per_lang == 1000 and cfg.sources[0].langs == args.c_langs
+            assert (cfg.augment.codeswitch.rate > 0) == name.endswith("codeswitch")
+        else:
+            cfg = load_config(ns.config, ns.overrides, check=False)
+            if name == "c/teacher":
+                assert cfg.teacher.model == str(args.work / "c" / "e5") and cfg.teacher.freeze_embeddings
+                assert cfg.tokenizer.path.endswith("bert-base-multilingual-cased") and cfg.data.limit == 300
+            elif name.startswith("c/distill/"):
+                variant, seed = name.split("/")[2:]
+                assert cfg.seed == int(seed[1:]) and cfg.distill.strategy == variant.split("+")[0]
+                assert cfg.distill.steps == (5 * 7 if variant == "D0-S" else 5)  # head, 4 layers, projection, emb.
+                assert cfg.student.embedding_init == "teacher" and cfg.distill.layer_map == [-1, 3, 6, 9, 12]
+                assert cfg.data.transfer.endswith("codeswitch" if variant.endswith("codeswitch") else "plain")
 
 
 def test_refuses_non_empty_work_folder(quality, tmp_path, no_subprocess, capsys):
