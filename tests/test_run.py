@@ -87,3 +87,21 @@ def test_real_data_d42_student_exports_and_pipeline_agrees_with_xdt_eval(tmp_pat
             assert [by_start[s] for s in starts] == sent_pred, (lang, text)
             compared += 1
     assert compared > 100
+
+
+def test_a_second_engine_in_the_same_process_after_shutdown():
+    """Commands run in-process one after another (the tests, a notebook): `shutdown` destroys the process group, and
+    DeepSpeed's cached clone of the world group must go with it, or the next engine fails 'Group ... is not
+    registered' when it broadcasts the model."""
+    import deepspeed
+    import torch
+
+    from xdt.engine.distributed import init_distributed, shutdown
+
+    for _ in range(2):
+        init_distributed()
+        engine, *_ = deepspeed.initialize(model=torch.nn.Linear(2, 2), config={
+            "train_micro_batch_size_per_gpu": 1, "optimizer": {"type": "SGD", "params": {"lr": 0.1}}})
+        assert engine.global_rank == 0
+        shutdown()
+    assert not torch.distributed.is_initialized()

@@ -170,10 +170,13 @@ def test_overrides_after_resume_are_overrides(tmp_path, capsys):
     ("distill", ["teacher.model={truncated}"], "model.safetensors: not a complete safetensors file"),
     ("distill", ["teacher.model={empty}"], "model.safetensors: not a complete safetensors file"),
     ("run", ["output.dir={file}"], "output.dir: {file} exists and is not a folder"),  # FileExistsError
-    # issue 23: a tokenizer larger than the teacher's embedding table (refused after the run record was written)
+    # issue 23: a tokenizer larger than the teacher's embedding table (refused after the run record was written):
+    # the folder's own tokenizer, the student's here, or tokenizer.path's where the folder has none
     ("distill", ["teacher.model={teacher}", "tokenizer.path={mbert}"],
      "teacher.model: {teacher} has 4000 word embeddings, fewer than the 119547 pieces of the tokenizer"),
     ("teacher", ["teacher.model={teacher}", "tokenizer.path={mbert}"], "fewer than the 119547 pieces"),
+    ("distill", ["teacher.model={bare}", "tokenizer.path={mbert}"],
+     "teacher.model: {bare} has 4000 word embeddings, fewer than the 119547 pieces of the tokenizer (tokenizer.path"),
     # pickled weights: torch's unpickling traceback, after the run record was written
     ("distill", ["teacher.model={pickled}"], "teacher.model: {pickled}/pytorch_model.bin: pickled weights, refused"),
     ("teacher", ["teacher.model={pickled}"], "{pickled}/pytorch_model.bin: pickled weights, refused unopened"),
@@ -194,8 +197,10 @@ def test_the_whole_run_is_checked_before_its_folder_is_made(work, tmp_path, caps
     paths = {k: work[k] for k in ("teacher", "truncated", "empty", "short", "pickled")} | {"file": tmp_path / "file"}
     if "{mbert}" in " ".join(overrides):
         paths["mbert"] = need(MBERT)
-        # the teacher of 4000 rows: the mock vocabulary is smaller, a random BERT of the mock shape is not
-        paths["teacher"] = _resized(work["teacher"], tmp_path / "teacher", 4000)
+        # the teacher of 4000 rows: the mock vocabulary is smaller, a random BERT of the mock shape is not; its
+        # folder holds the whole mBERT tokenizer (the issue's case), the bare copy no tokenizer at all
+        paths["teacher"] = _resized(work["teacher"], tmp_path / "teacher", 4000, tokenizer=MBERT)
+        paths["bare"] = _resized(work["teacher"], tmp_path / "bare", 4000, tokenizer=None)
     out = tmp_path / "run"
 
     def fill(text: str) -> str:  # str.format would read ONE_STEP's YAML braces as fields
@@ -210,14 +215,16 @@ def test_the_whole_run_is_checked_before_its_folder_is_made(work, tmp_path, caps
     assert not work["marker"].exists()  # nothing of the pickle ran
 
 
-def _resized(model: Path, out: Path, rows: int) -> Path:
-    """A copy of the model folder `model` with `rows` word-embedding rows (its own tokenizer kept)."""
+def _resized(model: Path, out: Path, rows: int, tokenizer: Path | None | str = "own") -> Path:
+    """A copy of the model folder `model` with `rows` word-embedding rows and its own tokenizer, the one in folder
+    `tokenizer`, or none."""
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
     resized = AutoModelForTokenClassification.from_pretrained(str(model))
     resized.resize_token_embeddings(rows)
     resized.save_pretrained(out)
-    AutoTokenizer.from_pretrained(str(model)).save_pretrained(out)
+    if tokenizer is not None:
+        AutoTokenizer.from_pretrained(str(model if tokenizer == "own" else tokenizer)).save_pretrained(out)
     return out
 
 

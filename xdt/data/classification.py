@@ -274,6 +274,14 @@ class ClassificationData:
     def label2id(self) -> dict[str, int]:
         return {t: i for i, t in enumerate(self.labels)}
 
+    # the sequence task has one tokenizer: a teacher with another is refused when the data loads (xdt.run.prepare)
+    teacher = None
+    cross_tokenizer = False
+
+    @property
+    def teacher_tokenizer(self):
+        return self.tokenizer
+
 
 def make_split(examples: list[Example], tokenizer, max_seq_length: int,
                label2id: dict[str, int] | None) -> ClassificationSplit:

@@ -88,3 +88,8 @@ def shutdown() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+        # DeepSpeed keeps its clone of the world group: left pointing at the destroyed one, the next engine made in
+        # this process (a second command run in-process, as the tests do) fails "Group ... is not registered"
+        from deepspeed.utils import groups
+
+        groups._WORLD_GROUP = None
