@@ -856,10 +856,13 @@ def main(argv: list[str] | None = None) -> int:
             result["track_a"] = results_track_a(args, plans["a"], teacher_model, timings)
         if "b" in plans:
             result["track_b"] = results_track_b(args, plans["b"])
-        previous = earlier_results(args)  # the sections of tracks not run this time
+        previous = earlier_results(args)  # the sections of tracks not run this time, with the run that made them
         for track in ("track_a", "track_b", "track_c"):
             if track not in result and track in previous:
                 result[track] = previous[track]
+                result[track].setdefault("run", {
+                    "command": previous.get("command"), "xdt_commit": previous.get("versions", {}).get("xdt_commit"),
+                    "minutes": round(previous.get("total_s", 0) / 60, 1), "finished": previous.get("finished")})
         if "c" in plans:
             result["track_c"] = track_c.results(args, plans["c"], result.get("track_b", {}).get("teacher"))
         for track in plans:
@@ -876,6 +879,7 @@ def main(argv: list[str] | None = None) -> int:
         result["work"] = str(args.work)
         result["results"] = str(args.results)
         result["total_s"] = round(time.perf_counter() - t_start, 1)
+        result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
         args.results.parent.mkdir(parents=True, exist_ok=True)
         Path(str(args.results) + ".json").write_text(json.dumps(result, indent=2), encoding="utf-8")
         Path(str(args.results) + ".md").write_text(markdown(result), encoding="utf-8")

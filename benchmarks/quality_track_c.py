@@ -34,8 +34,10 @@ DEFAULT_SEEDS = (42, 7, 1, 2, 3, 4, 5, 6, 8, 9)
 def add_arguments(p) -> None:
     g = p.add_argument_group("track C (multilingual-e5-small teacher, mBERT-vocabulary students)")
     g.add_argument("--c-langs", default=None, help="languages (default: every one under ../shared/data/wikiann)")
-    g.add_argument("--c-budget", type=int, default=300,
-                   help="labeled train sentences per language, teacher and students alike (data.limit; 300)")
+    g.add_argument("--c-teacher-train", type=int, default=300,
+                   help="labeled train sentences per language of the teacher (data.limit; 300)")
+    g.add_argument("--c-budget", type=int, default=100,
+                   help="labeled train sentences per language the students see (data.limit; 100)")
     g.add_argument("--c-dev", type=int, default=100, help="dev sentences per language for selection (100)")
     g.add_argument("--c-transfer", type=int, default=1000,
                    help="training sentences per language in the transfer sets, unlabeled (1000)")
@@ -43,7 +45,9 @@ def add_arguments(p) -> None:
     g.add_argument("--c-teacher-epochs", type=float, default=2.0)
     g.add_argument("--c-teacher-lr", type=float, default=1e-4)
     g.add_argument("--c-steps", type=int, default=60, help="distill.steps per stage and unfreeze step (60)")
-    g.add_argument("--c-lr", type=float, default=1e-4, help="distill.lr of the students (1e-4)")
+    g.add_argument("--c-lr", type=float, default=3e-4, help="distill.lr of the students (3e-4)")
+    g.add_argument("--c-warmup", type=int, default=0, help="distill.warmup_steps of every phase (0)")
+    g.add_argument("--c-logit-loss", choices=["mse", "kl"], default="mse", help="distill.logit_loss (mse)")
     g.add_argument("--c-student-init", choices=["teacher", "svd", "pca", "random"], default="teacher",
                    help="student.embedding_init (teacher: layers cut from e5, word embeddings mapped onto the mBERT "
                         "pieces; svd: those mapped embeddings, random encoder)")
@@ -112,7 +116,7 @@ def teacher_config(args, data: Path, e5: Path) -> dict:
     return {
         "seed": args.seed,
         "data": {"path": str(data), "langs": list(args.c_langs), "transfer": None,
-                 "max_seq_length": args.max_seq_length, "limit": args.c_budget, "dev_limit": args.c_dev},
+                 "max_seq_length": args.max_seq_length, "limit": args.c_teacher_train, "dev_limit": args.c_dev},
         "tokenizer": {"path": str(MBERT_VOCAB)},  # the students'; the teacher reads its own from teacher.model
         "teacher": {"model": str(e5), "epochs": args.c_teacher_epochs, "lr": args.c_teacher_lr,
                     "batch_size": args.batch_size, "freeze_embeddings": True},
@@ -130,8 +134,10 @@ def students_config(args, data: Path, teacher: Path) -> dict:
         student["embedding_size"] = shape["embedding"]
     cfg = teacher_config(args, data, teacher)
     del cfg["teacher"]
+    cfg["data"]["limit"] = args.c_budget
     return {**cfg, "teacher": {"model": str(teacher)}, "student": student,
             "distill": {"strategy": "D4.2", "batch_size": args.batch_size, "lr": args.c_lr, "steps": args.c_steps,
+                        "warmup_steps": args.c_warmup, "logit_loss": args.c_logit_loss,
                         "layer_map": layer_map(args), "word_pooling": args.c_word_pooling}}
 
 
@@ -193,8 +199,11 @@ def plan(args) -> Plan:
         for seed in args.seed_list:
             slug = f"{variant.replace('+', '_')}/s{seed}"
             run, model, out = w / "students" / slug, w / "models" / slug, w / "eval" / slug
+            # D0-S: as many label steps as D4.2's label stage, a dev evaluation every --c-steps as D4.2 has after
+            # each unfreeze step, the best one exported
             argv = ["distill", str(students_cfg), f"seed={seed}", f"distill.strategy={preset}",
-                    f"distill.steps={d0_steps if preset == 'D0-S' else args.c_steps}",
+                    *([f"distill.steps={d0_steps}", f"distill.eval_every={args.c_steps}"] if preset == "D0-S"
+                      else [f"distill.steps={args.c_steps}"]),
                     f"data.transfer={paths['transfer/' + kind]}", f"distill.teacher_cache={paths['cache/' + kind]}",
                     f"output.dir={run}"]
             name = f"{variant}/s{seed}"
@@ -307,9 +316,10 @@ def markdown(c: dict, settings: dict) -> list[str]:
     langs = c["langs"]
     t = c["teacher"]
     lines = ["## Track C: multilingual-e5-small teacher (its own XLM-R tokenizer), mBERT-vocabulary students", "",
-             f"Teacher: e5-small fine-tuned with `xdt teacher train` on {settings['c_budget']} labeled sentences per "
-             f"language in {len(langs)} languages jointly (word embeddings frozen); students: the same labels, the "
-             f"training text ({settings['c_transfer']} sentences per language) unlabeled as the transfer set, "
+             f"Teacher: e5-small fine-tuned with `xdt teacher train` on {settings['c_teacher_train']} labeled "
+             f"sentences per language in {len(langs)} languages jointly (word embeddings frozen); students: "
+             f"{settings['c_budget']} labeled sentences per language, the training text "
+             f"({settings['c_transfer']} sentences per language) unlabeled as the transfer set, "
              f"distilled word by word across tokenizers. Seeds {', '.join(map(str, c['seeds']))} (the teacher once); "
              "student figures are the mean over seeds (± std). Test sentences per language: "
              f"{settings['c_test_limit'] or 'all'}. Missing from the 41-language suite: "

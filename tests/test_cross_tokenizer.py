@@ -303,3 +303,44 @@ def test_a_cross_tokenizer_d42_student_beats_its_own_d0s(cross_teacher):
         scores[strategy] = dev_score(student, {"train": held_in.train}, data.labels,
                                      data.tokenizer.pad_token_id).mean_f1
     assert scores["D4.2"] > scores["D0-S"] + 5, scores
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_ranks_build_a_per_word_cache_and_distil_from_it(cross_teacher):
+    """As users run it: `xdt teacher cache` and `xdt distill` under torchrun with two gloo ranks, dropout on. The
+    two-shard cache holds, word for word, what one process computes."""
+    import subprocess
+    import sys
+
+    from xdt.config import load_config
+    from xdt.run import cache_keys, cache_step, prepare
+
+    root, base, teacher, _ = cross_teacher
+    env = {**{k: v for k, v in os.environ.items()
+              if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}, "OMP_NUM_THREADS": "1"}
+    common = [*base, f"teacher.model={teacher}", "student.num_layers=2", "student.hidden_size=64",
+              "student.num_heads=2", "student.intermediate_size=256", "student.embedding_size=32",
+              "distill.strategy=D4.2", "distill.steps=3", "distill.batch_size=16", "data.limit=40",
+              "data.transfer=null", "distill.word_pooling=mean"]
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "xdt"]
+    two = root / "cache-2ranks"
+    for argv in (["teacher", "cache", *common, f"distill.teacher_cache={two}", f"output.dir={root / 'c2'}"],
+                 ["distill", *common, f"distill.teacher_cache={two}", f"output.dir={root / 'd2'}"]):
+        proc = subprocess.run([*torchrun, *argv], capture_output=True, text=True, timeout=900, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((two / "manifest.json").read_text())
+    assert manifest["unit"] == "word" and manifest["world"] == 2 and len(manifest["shards"]) == 2
+
+    cfg = load_config(None, [*common, f"distill.teacher_cache={root / 'cache-1rank'}",
+                             f"output.dir={root / 'c1'}"])
+    _, _, data = prepare(cfg)
+    cache_step(cfg, data, teacher)
+    one = TeacherCache.open(root / "cache-1rank", teacher_hash=None, **cache_keys(cfg, data))
+    both = TeacherCache.open(two, teacher_hash=None, **cache_keys(cfg, data))
+    for k in range(0, data.transfer.features.num_windows, 7):
+        for key in ["logits", *one.layers]:
+            np.testing.assert_allclose(both.window(k, key).astype(np.float32), one.window(k, key).astype(np.float32),
+                                       rtol=2e-3, atol=2e-3)
+    student = json.loads((root / "d2" / "distill_done.json").read_text())
+    assert student["steps"] > 0 and (root / "d2" / "student_best" / "config.json").is_file()
