@@ -334,7 +334,7 @@ def test_two_ranks_build_a_per_word_cache_and_distil_from_it(cross_teacher):
 
     cfg = load_config(None, [*common, f"distill.teacher_cache={root / 'cache-1rank'}",
                              f"output.dir={root / 'c1'}"])
-    _, _, data = prepare(cfg)
+    data_dir, _, data = prepare(cfg)
     cache_step(cfg, data, teacher)
     one = TeacherCache.open(root / "cache-1rank", teacher_hash=None, **cache_keys(cfg, data))
     both = TeacherCache.open(two, teacher_hash=None, **cache_keys(cfg, data))
@@ -344,3 +344,22 @@ def test_two_ranks_build_a_per_word_cache_and_distil_from_it(cross_teacher):
                                        rtol=2e-3, atol=2e-3)
     student = json.loads((root / "d2" / "distill_done.json").read_text())
     assert student["steps"] > 0 and (root / "d2" / "student_best" / "config.json").is_file()
+
+    # what the student is for: a plain HF folder with the student's tokenizer (not the teacher's) that the
+    # deployment commands take as any other
+    from xdt.cli import main
+    from xdt.data.tokenizer import load_tokenizer, tokenizer_fingerprint
+
+    hf = root / "d2-hf"
+    assert main(["export", str(root / "d2" / "student_best"), "--out", str(hf)]) == 0
+    assert tokenizer_fingerprint(load_tokenizer(hf)) == tokenizer_fingerprint(data.tokenizer) != \
+        tokenizer_fingerprint(data.teacher_tokenizer)
+    assert main(["eval", "--model", str(hf), "--data", str(data_dir), "--split", "dev", "--out",
+                 str(root / "d2-eval"), "--no-progress"]) == 0
+    report = json.loads((root / "d2-eval" / "report.json").read_text())
+    assert sorted(report["languages"]) == ["ar", "de", "en", "ru"]
+    assert main(["trim", str(hf), "--data", str(data_dir), "--out", str(root / "d2-trim")]) == 0
+    pytest.importorskip("onnxruntime", reason="the deploy extra (onnx, onnxruntime) is not installed")
+    assert main(["export", str(hf), "--format", "onnx", "--data", str(data_dir), "--split", "dev",
+                 "--out", str(root / "d2-onnx")]) == 0
+    assert (root / "d2-onnx" / "model.onnx").is_file()
