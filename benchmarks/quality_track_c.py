@@ -46,8 +46,10 @@ def add_arguments(p) -> None:
     g.add_argument("--c-teacher-lr", type=float, default=1e-4)
     g.add_argument("--c-steps", type=int, default=60, help="distill.steps per stage and unfreeze step (60)")
     g.add_argument("--c-lr", type=float, default=3e-4, help="distill.lr of the students (3e-4)")
-    g.add_argument("--c-warmup", type=int, default=0, help="distill.warmup_steps of every phase (0)")
-    g.add_argument("--c-logit-loss", choices=["mse", "kl"], default="mse", help="distill.logit_loss (mse)")
+    g.add_argument("--c-repr-steps", type=int, default=300,
+                   help="distill.representation_steps: the representation stage, every layer at once (300)")
+    g.add_argument("--c-warmup", type=int, default=12, help="distill.warmup_steps of every phase (12)")
+    g.add_argument("--c-logit-loss", choices=["mse", "kl"], default="kl", help="distill.logit_loss (kl)")
     g.add_argument("--c-student-init", choices=["teacher", "svd", "pca", "random"], default="teacher",
                    help="student.embedding_init (teacher: layers cut from e5, word embeddings mapped onto the mBERT "
                         "pieces; svd: those mapped embeddings, random encoder)")
@@ -137,7 +139,7 @@ def students_config(args, data: Path, teacher: Path) -> dict:
     cfg["data"]["limit"] = args.c_budget
     return {**cfg, "teacher": {"model": str(teacher)}, "student": student,
             "distill": {"strategy": "D4.2", "batch_size": args.batch_size, "lr": args.c_lr, "steps": args.c_steps,
-                        "warmup_steps": args.c_warmup, "logit_loss": args.c_logit_loss,
+                        "representation_steps": args.c_repr_steps, "warmup_steps": args.c_warmup, "logit_loss": args.c_logit_loss,
                         "layer_map": layer_map(args), "word_pooling": args.c_word_pooling}}
 
 

@@ -185,6 +185,7 @@ def test_track_c_configs_and_commands_parse(quality, tmp_path):
                 assert cfg.seed == int(seed[1:]) and cfg.distill.strategy == variant.split("+")[0]
                 assert cfg.distill.steps == (5 * 7 if variant == "D0-S" else 5)  # head, 4 layers, projection, emb.
                 assert cfg.distill.eval_every == (5 if variant == "D0-S" else 0) and cfg.data.limit == 100
+                assert cfg.distill.representation_steps == 300 and cfg.distill.logit_loss == "kl"
                 assert cfg.student.embedding_init == "teacher" and cfg.distill.layer_map == [-1, 3, 6, 9, 12]
                 assert cfg.data.transfer.endswith("codeswitch" if variant.endswith("codeswitch") else "plain")
 

@@ -55,6 +55,16 @@ def test_attention_loss_adds_the_term_beside_hidden_in_every_preset(strategy, ki
             assert after.losses == before.losses
 
 
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_representation_steps_budget_the_representation_stage_alone(strategy):
+    stages = resolve_stages(load_config(None, [f"distill.strategy={strategy}", "distill.steps=60",
+                                               "distill.representation_steps=300"]))
+    assert [s.steps for s in stages] == [300 if s.name == "representations" else 60 for s in stages]
+    assert any(s.steps == 300 for s in stages) == strategy.startswith(("D3", "D4"))
+    with pytest.raises(ConfigError, match=r"^distill\.representation_steps: expected"):
+        load_config(None, ["distill.representation_steps=-1"])
+
+
 def test_explicit_stages_without_an_attention_weight_are_refused():
     stages = "stages=[{name: reps, losses: {hidden: 1.0}}, {name: logits, losses: {logits: 1.0}}]"
     for check in (True, False):  # at load time, and for a config built without the checks

@@ -139,6 +139,10 @@ class DistillConfig:
     # what a strategy preset gives each of its stages (explicit `stages` set their own)
     epochs: float = 2.0  # per stage, or per unfreeze step of a stage that unfreezes gradually
     steps: int = 0  # > 0: optimizer steps instead of epochs (per stage / unfreeze step)
+    # > 0: the steps of the presets' representation stage alone (D3.x, D4.x). It trains every layer at once and the
+    # gradual stages start from it: where the student's embeddings start far from the teacher's (another
+    # vocabulary), a budget per unfreeze step is too short for it
+    representation_steps: int = 0
     # 1e-3 is the ACL 2020 BiLSTM students' rate; Transformer students train at 3e-5..1e-4 with decay (the
     # released XtremeDistilTransformers code), restarted by every unfreeze step's new optimizer
     lr: float = 1e-4
@@ -428,8 +432,9 @@ RANGES = {
                      "tokenizer.mock_vocab_size", "data.mock.train_sentences", "data.mock.dev_sentences",
                      "data.mock.test_sentences"), _POSITIVE),
     **dict.fromkeys(("teacher.epochs", "teacher.eval_every", "teacher.early_stopping_patience", "distill.epochs",
-                     "distill.steps", "distill.warmup_steps", "distill.eval_every", "data.limit", "data.dev_limit",
-                     "output.checkpoint_every", "output.keep_last", "deepspeed.gradient_clipping"), _NON_NEGATIVE),
+                     "distill.steps", "distill.representation_steps", "distill.warmup_steps", "distill.eval_every",
+                     "data.limit", "data.dev_limit", "output.checkpoint_every", "output.keep_last",
+                     "deepspeed.gradient_clipping"), _NON_NEGATIVE),
     **dict.fromkeys(("teacher.dropout", "student.dropout", "distill.projection_dropout"), _FRACTION),
     "teacher.warmup_ratio": (0, True, 1, True),
 }

@@ -49,8 +49,12 @@ def _with_attention(losses: dict[str, float], distill: DistillConfig) -> dict[st
 
 
 def strategy_stages(name: str, distill: DistillConfig) -> list[StageConfig]:
+    def steps(stage: str) -> int:
+        return distill.representation_steps if stage == "representations" and distill.representation_steps \
+            else distill.steps
+
     stages = [StageConfig(name=stage, data=data, losses=_with_attention(losses, distill), epochs=distill.epochs,
-                          steps=distill.steps, gradual_unfreeze=gradual, lr=distill.lr, schedule=distill.schedule,
+                          steps=steps(stage), gradual_unfreeze=gradual, lr=distill.lr, schedule=distill.schedule,
                           warmup_steps=distill.warmup_steps)
               for stage, data, losses, gradual in STRATEGIES[name]]
     if distill.attention_loss != "none" and not any(s.losses.get("attention", 0) > 0 for s in stages):
