@@ -324,15 +324,21 @@ def _refuse_symlink_loops(args: argparse.Namespace) -> None:
                 raise XdtError(f"{item}: {SYMLINK_LOOP}; expected a file or folder")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line as `main` reads it (argparse's SystemExit 2 on a bad one); nothing runs."""
     parser = build_parser()
-    args, extra = parser.parse_known_args(_join_dashed_values(sys.argv[1:] if argv is None else list(argv)))
+    args, extra = parser.parse_known_args(_join_dashed_values(list(argv)))
     # `xdt run CONFIG --resume auto key=value`: argparse ends positionals at the first option; overrides that
     # follow one are still overrides
     if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
         args.overrides = list(args.overrides) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("xdt").setLevel(logging.DEBUG if args.verbose else logging.INFO)

@@ -134,7 +134,7 @@ class DistillConfig:
     # a teacher with another tokenizer (found in teacher.model's folder): its outputs are brought to each word from
     # the word's first sub-word or the mean of its sub-words, on its own tokenization (xdt.data.word_bridge)
     word_pooling: Literal["first", "mean"] = "first"
-    mask_padding: bool = True  # the released code also averages over padding; see README, deviations
+    mask_padding: bool = True  # the released code also averages over padding; see docs/deviations.md
     batch_size: int = 32
     # what a strategy preset gives each of its stages (explicit `stages` set their own)
     epochs: float = 2.0  # per stage, or per unfreeze step of a stage that unfreezes gradually
