@@ -10,10 +10,10 @@ changes logits slightly, so a word whose label could flip is recomputed in fp32:
   (W_a - W_c) . dh, so the threshold bounds bf16's error of h relative to its size, along the direction that
   decides between the two labels. That worst ratio differs 60x between models (3.6e-4 on a random BERT, 3.5e-3 and
   2.1e-2 on two trained ones, over every word: docs/benchmarks.md), so each run measures it: first on
-  CALIBRATION_WINDOWS windows of every length (computed both ways; their fp32 labels are kept), then on every word
-  the re-check recomputes (an audit on thousands of words that costs nothing: both results are at hand). The
-  threshold is SAFETY times the worst ratio seen, at least FLOOR. A first call with fewer than CALIBRATE_FROM windows runs in fp32 alone
-  (calibrating would cost more than bf16 saves) and leaves the calibration to a later call;
+  CALIBRATION_WINDOWS windows of every length (computed both ways; their fp32 labels are kept), then on every word the
+  re-check recomputes (an audit on thousands of words that costs nothing: both results are at hand). The threshold is
+  SAFETY times the worst ratio seen, at least FLOOR. A first call with fewer than CALIBRATE_FROM windows runs in fp32
+  alone (calibrating would cost more than bf16 saves) and leaves the calibration to a later call;
 - after the bf16 pass (`predict_label_ids`), the windows holding an unsafe word are recomputed by the exact fp32
   forward (xdt.eval.fast_bert), batched by length, and their labels replace the bf16 ones. When a re-checked word
   raises the threshold, every word not yet re-checked is judged again against it and the windows it flags are
