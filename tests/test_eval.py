@@ -24,7 +24,7 @@ from seqeval.metrics import classification_report, f1_score, precision_score, re
 from seqeval.scheme import IOB2  # noqa: E402
 
 from xdt.errors import XdtError  # noqa: E402
-from xdt.eval.cli import main as eval_main  # noqa: E402
+from xdt.cli import main as eval_main  # noqa: E402
 from xdt.eval.merge import merge_reports  # noqa: E402
 from xdt.eval.report import read_predictions  # noqa: E402
 from xdt.eval.run import EvalOptions, evaluate  # noqa: E402

@@ -134,7 +134,7 @@ def test_eval_array_and_merge_equal_one_eval_process(cluster, tmp_path, capsys):
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
 
-    from xdt.eval.cli import main as eval_main
+    from xdt.cli import main as eval_main
 
     torch.manual_seed(0)
     model = tmp_path / "model"

@@ -119,7 +119,7 @@ def test_overrides_are_quoted_for_bash(tmp_path):
 
 
 def test_script_is_written_next_to_the_output_and_dry_run_prints_it(tmp_path, capsys):
-    from xdt.slurm.cli import main
+    from xdt.cli import main
 
     out = tmp_path / "run"
     assert main(["slurm", "submit", QUICKSTART, f"output.dir={out}", "--dry-run", "--job-name", "mine",
@@ -156,7 +156,7 @@ def test_bad_config_and_paths_name_the_key(tmp_path):
 
 
 def test_cli_errors_exit_2(tmp_path, capsys):
-    from xdt.slurm.cli import main
+    from xdt.cli import main
 
     assert main(["slurm", "submit", QUICKSTART, f"output.dir={tmp_path}", "--nodes", "0", "--dry-run"]) == 2
     assert capsys.readouterr().err.startswith("xdt: error: --nodes:")
@@ -218,7 +218,7 @@ def test_eval_array_and_merge_scripts(tmp_path):
 @pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "wikiann" / "xtreme").is_dir(),
                     reason="../shared/data/wikiann/xtreme not found")
 def test_eval_dry_run_writes_scripts_sbatch_accepts_as_printed(tmp_path, capsys):
-    from xdt.slurm.cli import main
+    from xdt.cli import main
 
     model = tmp_path / "model"
     model.mkdir()

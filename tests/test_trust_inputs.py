@@ -331,7 +331,8 @@ def test_a_truncated_teacher_cache_array_is_one_line(work, tmp_path, array):
 
     from xdt.config import load_config
     from xdt.distill.teacher_cache import TeacherCache, build_teacher_cache
-    from xdt.run import load_teacher_model, prepare
+    from xdt.models.teacher import load_teacher_model
+    from xdt.run import prepare
 
     cfg = load_config(QUICKSTART, SMALL)
     _, tokenizer, data = prepare(cfg)

@@ -11,6 +11,8 @@ YAML 1.1 reads as strings, are accepted for float fields.
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,7 +21,26 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from xdt.assets import project_root
 from xdt.errors import SYMLINK_LOOP, ConfigError, XdtError, is_symlink_loop
+
+# The paper's strategies (XtremeDistil, ACL 2020, Table 3); xdt.distill.strategies expands them into stages
+STRATEGIES: dict[str, list[tuple[str, str, dict[str, float], bool]]] = {
+    # name: [(stage name, data, loss weights, gradual unfreeze)]
+    "D0-S": [("labels", "labeled", {"labels": 1.0}, False)],
+    "D1": [("joint", "both", {"logits": 1.0, "labels": 1.0}, False)],
+    "D2": [("joint", "both", {"hidden": 1.0, "logits": 1.0, "labels": 1.0}, False)],
+    "D3.1": [("representations", "transfer", {"hidden": 1.0}, False),
+             ("logits+labels", "both", {"logits": 1.0, "labels": 1.0}, False)],
+    "D3.2": [("representations", "transfer", {"hidden": 1.0}, False),
+             ("logits+labels", "both", {"logits": 1.0, "labels": 1.0}, True)],
+    "D4.1": [("representations", "transfer", {"hidden": 1.0}, False),
+             ("logits", "transfer", {"logits": 1.0}, False),
+             ("labels", "labeled", {"labels": 1.0}, False)],
+    "D4.2": [("representations", "transfer", {"hidden": 1.0}, False),
+             ("logits", "transfer", {"logits": 1.0}, True),
+             ("labels", "labeled", {"labels": 1.0}, True)],
+}
 
 # The released XtremeDistilTransformers shapes (../shared/reference): layers, hidden, heads, intermediate.
 STUDENT_PRESETS: dict[str, dict[str, int]] = {
@@ -226,7 +247,8 @@ class RunConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    slurm: SlurmConfig = field(default_factory=SlurmConfig)  # `xdt slurm pipeline` only; not part of what a run computes
+    # `xdt slurm pipeline` only; not part of what a run computes
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 
 # --------------------------------------------------------------------------------------------- building
@@ -414,8 +436,6 @@ def check_paths(cfg: Any, prefix: str = "") -> None:
 
 
 def _project_relative(value: str) -> Path:
-    from xdt.assets import project_root
-
     return project_root() / value
 
 
@@ -483,9 +503,7 @@ def check_config(cfg: RunConfig) -> None:
             _check_range(f"stages.{i}.{key}", getattr(stage, key), bounds)
         for term, weight in stage.losses.items():
             _check_range(f"stages.{i}.losses.{term}", weight, _NON_NEGATIVE)
-    from xdt.engine.ds_config import read_ds_file  # its shape, before any engine is built
-
-    read_ds_file(cfg.deepspeed.config)
+    read_ds_file(cfg.deepspeed.config)  # its shape, before any engine is built
     if cfg.data.max_seq_length < 3:
         raise ConfigError(f"data.max_seq_length: expected at least 3, got {cfg.data.max_seq_length}")
     for who in ("teacher", "student"):
@@ -500,10 +518,7 @@ def check_config(cfg: RunConfig) -> None:
     if cfg.distill.teacher_cache and cfg.distill.attention_loss != "none":
         raise ConfigError("distill.teacher_cache: attention maps are not cached; set distill.attention_loss: none "
                           "or run the teacher on the fly (distill.teacher_cache: null)")
-    if cfg.distill.attention_loss != "none":  # refused when no stage would use it
-        from xdt.distill.strategies import check_attention_loss  # the presets' stages live there
-
-        check_attention_loss(cfg)
+    check_attention_loss(cfg.distill, cfg.stages)
     if cfg.data.task == "sequence":
         for key, value in (("data.path", cfg.data.path), ("tokenizer.path", cfg.tokenizer.path)):
             if value == MOCK:
@@ -515,8 +530,6 @@ def check_config(cfg: RunConfig) -> None:
     for step in SLURM_STEPS:
         time = getattr(cfg.slurm, step).time
         if time is not None:
-            from xdt.slurm.render import time_seconds
-
             try:
                 time_seconds(time)
             except XdtError as err:
@@ -531,3 +544,81 @@ def check_config(cfg: RunConfig) -> None:
         if stage.epochs <= 0 and stage.steps <= 0:
             raise ConfigError(f"stages.{i}.epochs: {stage.epochs:g} trains nothing in stage {stage.name!r}; expected "
                               f"a positive number of epochs (or stages.{i}.steps > 0)")
+
+def check_attention_loss(distill: DistillConfig, stages: list[StageConfig]) -> None:
+    """Refuse a `distill.attention_loss` that no stage would use: the presets add it beside every `hidden` term
+    (none in D0-S, D1); explicit `stages` must weigh it themselves."""
+    if distill.attention_loss == "none":
+        return
+    if distill.strategy is not None:
+        if not any(losses.get("hidden", 0) > 0 for _, _, losses, _ in STRATEGIES[distill.strategy]):
+            raise ConfigError(f"distill.attention_loss: is {distill.attention_loss!r} but strategy "
+                              f"{distill.strategy} has no representation (hidden) stage to add the attention term "
+                              "to; choose a strategy with one (D2, D3.1, D3.2, D4.1, D4.2) or set "
+                              "distill.attention_loss: none")
+    elif not any(s.losses.get("attention", 0) > 0 for s in stages):
+        raise ConfigError(f"distill.attention_loss: is {distill.attention_loss!r} but no stage of `stages` "
+                          "gives the attention term a positive weight; add `attention: 1.0` to the losses of a "
+                          "stage (e.g. the one with `hidden`) or set distill.attention_loss: none")
+
+
+def resolve_ds_path(path: str) -> Path:
+    p = Path(path)
+    if p.exists():
+        return p
+    if (project_root() / p).exists():
+        return project_root() / p
+    raise ConfigError(f"deepspeed.config: {path!r} does not exist")
+
+
+def read_ds_file(path: str | Path) -> dict:
+    """The JSON of a DeepSpeed config file, with the shape xdt relies on checked: an object, sections that are
+    objects, and a ZeRO stage that is an integer 0..3 (DeepSpeed itself would fail deep inside initialize)."""
+    path = resolve_ds_path(str(path))
+    try:
+        ds = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"deepspeed.config: {path} is not valid JSON: {err}") from None
+    if not isinstance(ds, dict):
+        raise ConfigError(f"deepspeed.config: {path} holds a JSON {type(ds).__name__}; expected an object of "
+                          "DeepSpeed settings")
+    for key in ("zero_optimization", "bf16", "fp16", "optimizer", "scheduler"):
+        if key in ds and not isinstance(ds[key], dict):
+            raise ConfigError(f"deepspeed.config: {path}: {key} is a {type(ds[key]).__name__}; expected an object")
+    zero = ds.get("zero_optimization", {})
+    stage = zero.get("stage", 0)
+    if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
+        raise ConfigError(f"deepspeed.config: {path}: zero_optimization.stage is {stage!r}; expected the integer "
+                          "0, 1, 2 or 3")
+    for key in ("offload_optimizer", "offload_param"):
+        if key in zero and not isinstance(zero[key], dict):
+            raise ConfigError(f"deepspeed.config: {path}: zero_optimization.{key} is a {type(zero[key]).__name__}; "
+                              "expected an object")
+    if stage == 0 and ("offload_optimizer" in zero or "offload_param" in zero):
+        raise ConfigError(f"deepspeed.config: {path} offloads on ZeRO stage 0; offload needs stage 1-3 "
+                          "(parameters: stage 3)")
+    if "offload_param" in zero and stage != 3:
+        raise ConfigError(f"deepspeed.config: {path} offloads parameters on ZeRO stage {stage}; only stage 3 can")
+    return ds
+
+
+_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+def time_seconds(spec: str) -> int | None:
+    """Seconds in a SLURM --time value (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S); None for UNLIMITED/INFINITE."""
+    if spec.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    m = _TIME.match(spec)
+    if not m:
+        raise XdtError(f"--time {spec!r}: expected minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS")
+    days, a, b, c = m.groups()
+    parts = [int(x) for x in (a, b, c) if x is not None]
+    if days is not None:  # D-H, D-H:M, D-H:M:S
+        h, mi, s = (parts + [0, 0])[:3]
+        return int(days) * 86400 + h * 3600 + mi * 60 + s
+    if len(parts) == 1:
+        return parts[0] * 60
+    if len(parts) == 2:
+        return parts[0] * 60 + parts[1]
+    return parts[0] * 3600 + parts[1] * 60 + parts[2]

@@ -229,22 +229,6 @@ def start_run(cfg: RunConfig, command: str, overwrite: bool = False):
     return data_dir, tokenizer, data
 
 
-def load_teacher_model(path: str | Path, labels: list[str], eager: bool, task: str = "token"):
-    """A fine-tuned teacher folder for inference. Its label order must be the run's."""
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
-
-    from xdt.errors import XdtError
-
-    kwargs = {"attn_implementation": "eager"} if eager else {}
-    auto = AutoModelForSequenceClassification if task == "sequence" else AutoModelForTokenClassification
-    model = auto.from_pretrained(str(path), use_safetensors=True, **kwargs)
-    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    if names != list(labels):
-        raise XdtError(f"{path}: teacher labels {names} differ from the data's {labels}; fine-tune the teacher on "
-                       "this label set (xdt teacher train)")
-    return model
-
-
 def train_teacher_step(cfg: RunConfig, data, out: Path) -> dict:
     """Fine-tune the teacher, or (resuming) take the one an earlier attempt of this run finished."""
     from xdt.distill.classify import loop_kwargs
@@ -286,6 +270,7 @@ def cache_step(cfg: RunConfig, data, teacher_dir: Path) -> dict:
     from xdt.engine.distributed import rank, world_size
     from xdt.errors import ConfigError
     from xdt.models.student import student_shape
+    from xdt.models.teacher import load_teacher_model
 
     if not cfg.distill.teacher_cache:
         raise ConfigError("distill.teacher_cache: set the folder the cache goes to")
@@ -328,6 +313,7 @@ def distill_step(cfg: RunConfig, data, teacher_dir: Path, out: Path) -> dict:
     from xdt.engine.ds_config import build_ds_config
     from xdt.engine.zero3 import build_config, frozen_config, zero3_build
     from xdt.models.student import build_student, count_parameters, student_shape
+    from xdt.models.teacher import load_teacher_model
 
     eager = cfg.distill.attention_loss != "none"
     check_cross_tokenizer(cfg, data)

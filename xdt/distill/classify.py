@@ -35,6 +35,7 @@ from xdt.distill.teacher_train import TeacherResult, train_teacher
 from xdt.distill.train import DistillResult, distill
 from xdt.engine.distributed import is_main
 from xdt.errors import XdtError
+from xdt.models.teacher import load_teacher_model
 
 log = logging.getLogger(__name__)
 OUTPUT_TERMS = ("logits", "labels")  # stages with these train the classifier: dev accuracy means something
@@ -105,8 +106,6 @@ def train_classifier_teacher(cfg: RunConfig, data: ClassificationData, out_dir: 
 
 def load_classifier(path: str | Path, labels: list[str], eager: bool = False) -> nn.Module:
     """A fine-tuned sequence classifier folder for inference; its label order must be the run's."""
-    from xdt.run import load_teacher_model
-
     return load_teacher_model(path, labels, eager, task="sequence")
 
 

@@ -19,26 +19,7 @@ gives ``attention`` a positive weight: the option would otherwise do nothing.
 
 from __future__ import annotations
 
-from xdt.config import DistillConfig, RunConfig, StageConfig
-from xdt.errors import ConfigError
-
-STRATEGIES: dict[str, list[tuple[str, str, dict[str, float], bool]]] = {
-    # name: [(stage name, data, loss weights, gradual unfreeze)]
-    "D0-S": [("labels", "labeled", {"labels": 1.0}, False)],
-    "D1": [("joint", "both", {"logits": 1.0, "labels": 1.0}, False)],
-    "D2": [("joint", "both", {"hidden": 1.0, "logits": 1.0, "labels": 1.0}, False)],
-    "D3.1": [("representations", "transfer", {"hidden": 1.0}, False),
-             ("logits+labels", "both", {"logits": 1.0, "labels": 1.0}, False)],
-    "D3.2": [("representations", "transfer", {"hidden": 1.0}, False),
-             ("logits+labels", "both", {"logits": 1.0, "labels": 1.0}, True)],
-    "D4.1": [("representations", "transfer", {"hidden": 1.0}, False),
-             ("logits", "transfer", {"logits": 1.0}, False),
-             ("labels", "labeled", {"labels": 1.0}, False)],
-    "D4.2": [("representations", "transfer", {"hidden": 1.0}, False),
-             ("logits", "transfer", {"logits": 1.0}, True),
-             ("labels", "labeled", {"labels": 1.0}, True)],
-}
-
+from xdt.config import STRATEGIES, DistillConfig, RunConfig, StageConfig, check_attention_loss
 
 def _with_attention(losses: dict[str, float], distill: DistillConfig) -> dict[str, float]:
     """A preset stage's terms, plus ``attention: 1`` beside ``hidden`` when `distill.attention_loss` is set."""
@@ -57,28 +38,12 @@ def strategy_stages(name: str, distill: DistillConfig) -> list[StageConfig]:
                           steps=steps(stage), gradual_unfreeze=gradual, lr=distill.lr, schedule=distill.schedule,
                           warmup_steps=distill.warmup_steps)
               for stage, data, losses, gradual in STRATEGIES[name]]
-    if distill.attention_loss != "none" and not any(s.losses.get("attention", 0) > 0 for s in stages):
-        raise ConfigError(f"distill.attention_loss: is {distill.attention_loss!r} but strategy {name} has no "
-                          "representation (hidden) stage to add the attention term to; choose a strategy with one "
-                          "(D2, D3.1, D3.2, D4.1, D4.2) or set distill.attention_loss: none")
     return stages
-
-
-def check_attention_loss(cfg: RunConfig) -> None:
-    """Refuse a `distill.attention_loss` that no stage would use (see the module docstring)."""
-    if cfg.distill.attention_loss == "none":
-        return
-    if cfg.distill.strategy is not None:
-        strategy_stages(cfg.distill.strategy, cfg.distill)
-    elif not any(s.losses.get("attention", 0) > 0 for s in cfg.stages):
-        raise ConfigError(f"distill.attention_loss: is {cfg.distill.attention_loss!r} but no stage of `stages` "
-                          "gives the attention term a positive weight; add `attention: 1.0` to the losses of a "
-                          "stage (e.g. the one with `hidden`) or set distill.attention_loss: none")
 
 
 def resolve_stages(cfg: RunConfig) -> list[StageConfig]:
     """The run's stages: the named strategy's, or the explicit `stages` list."""
+    check_attention_loss(cfg.distill, cfg.stages)  # also for a config built without load_config's checks
     if cfg.distill.strategy is not None:
         return strategy_stages(cfg.distill.strategy, cfg.distill)
-    check_attention_loss(cfg)
     return list(cfg.stages)

@@ -6,54 +6,10 @@ Batch sizes, gradient accumulation, clipping and precision come from the run con
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from xdt.assets import project_root
-from xdt.config import DeepSpeedConfig
+from xdt.config import DeepSpeedConfig, read_ds_file, resolve_ds_path
 from xdt.errors import ConfigError
 
 PRECISION_KEYS = {"bf16": "bf16", "fp16": "fp16"}
-
-
-def resolve_path(path: str) -> Path:
-    p = Path(path)
-    if p.exists():
-        return p
-    if (project_root() / p).exists():
-        return project_root() / p
-    raise ConfigError(f"deepspeed.config: {path!r} does not exist")
-
-
-def read_ds_file(path: str | Path) -> dict:
-    """The JSON of a DeepSpeed config file, with the shape xdt relies on checked: an object, sections that are
-    objects, and a ZeRO stage that is an integer 0..3 (DeepSpeed itself would fail deep inside initialize)."""
-    path = resolve_path(str(path))
-    try:
-        ds = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"deepspeed.config: {path} is not valid JSON: {err}") from None
-    if not isinstance(ds, dict):
-        raise ConfigError(f"deepspeed.config: {path} holds a JSON {type(ds).__name__}; expected an object of "
-                          "DeepSpeed settings")
-    for key in ("zero_optimization", "bf16", "fp16", "optimizer", "scheduler"):
-        if key in ds and not isinstance(ds[key], dict):
-            raise ConfigError(f"deepspeed.config: {path}: {key} is a {type(ds[key]).__name__}; expected an object")
-    zero = ds.get("zero_optimization", {})
-    stage = zero.get("stage", 0)
-    if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
-        raise ConfigError(f"deepspeed.config: {path}: zero_optimization.stage is {stage!r}; expected the integer "
-                          "0, 1, 2 or 3")
-    for key in ("offload_optimizer", "offload_param"):
-        if key in zero and not isinstance(zero[key], dict):
-            raise ConfigError(f"deepspeed.config: {path}: zero_optimization.{key} is a {type(zero[key]).__name__}; "
-                              "expected an object")
-    if stage == 0 and ("offload_optimizer" in zero or "offload_param" in zero):
-        raise ConfigError(f"deepspeed.config: {path} offloads on ZeRO stage 0; offload needs stage 1-3 "
-                          "(parameters: stage 3)")
-    if "offload_param" in zero and stage != 3:
-        raise ConfigError(f"deepspeed.config: {path} offloads parameters on ZeRO stage {stage}; only stage 3 can")
-    return ds
 
 
 def build_ds_config(cfg: DeepSpeedConfig, micro_batch_size: int, world_size: int,
@@ -62,7 +18,7 @@ def build_ds_config(cfg: DeepSpeedConfig, micro_batch_size: int, world_size: int
     as the HF integration's "auto" does (reduce bucket H^2, prefetch 0.9 H^2, persistence 10 H): DeepSpeed's own
     defaults (5e8 elements) allocate ~2 GB per rank whatever the model's size. ZeRO-3's optimizer sub-groups are
     1e7 elements unless the file says otherwise."""
-    path = resolve_path(cfg.config)
+    path = resolve_ds_path(cfg.config)
     ds = read_ds_file(path)
     accum = cfg.gradient_accumulation_steps
     if accum < 1:

@@ -6,7 +6,6 @@ Each `func` returns an int exit code: 0 success; bad input raises XdtError (exit
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from xdt.errors import XdtError
@@ -110,14 +109,3 @@ def add_eval_parser(subparsers) -> None:
                        help="replace a non-empty --out (never a shard folder, nor one holding or inside one)")
     merge.add_argument("--allow-partial", action="store_true", help="merge even when some shards are absent")
     merge.set_defaults(func=_run_merge)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`xdt` itself (argv starts with "eval"): kept so `python -m xdt.eval.cli eval ...` works."""
-    from xdt.cli import main as xdt_main
-
-    return xdt_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

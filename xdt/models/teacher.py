@@ -17,7 +17,7 @@ from transformers import (AutoModelForSequenceClassification, AutoModelForTokenC
 from xdt.config import TeacherConfig
 from xdt.engine.safe_load import check_model_weights
 from xdt.engine.zero3 import build_model, from_pretrained
-from xdt.errors import ConfigError
+from xdt.errors import ConfigError, XdtError
 from xdt.models.student import Task, model_class, label_maps
 
 
@@ -77,4 +77,16 @@ def _load_teacher(cfg: TeacherConfig, *, vocab_size: int, labels: Sequence[str],
     if model.config.vocab_size < vocab_size:  # larger is fine: some checkpoints pad the matrix
         raise ConfigError(f"teacher.model: {cfg.model} has {model.config.vocab_size} word embeddings, fewer than "
                           f"the tokenizer's {vocab_size} pieces; use the teacher's own tokenizer")
+    return model
+
+
+def load_teacher_model(path: str | Path, labels: list[str], eager: bool, task: str = "token"):
+    """A fine-tuned teacher folder for inference. Its label order must be the run's."""
+    kwargs = {"attn_implementation": "eager"} if eager else {}
+    auto = AutoModelForSequenceClassification if task == "sequence" else AutoModelForTokenClassification
+    model = auto.from_pretrained(str(path), use_safetensors=True, **kwargs)
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if names != list(labels):
+        raise XdtError(f"{path}: teacher labels {names} differ from the data's {labels}; fine-tune the teacher on "
+                       "this label set (xdt teacher train)")
     return model

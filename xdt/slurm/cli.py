@@ -232,14 +232,3 @@ def add_slurm_parser(subparsers) -> None:
     _add_resource_args(pipe, training=True)
     pipe.set_defaults(func=_pipeline, nodes=None, gpus_per_node=None, cpus_per_task=None, ntasks_per_node=None,
                       signal_seconds=None)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`xdt` itself (argv starts with "slurm"): kept so `python -m xdt.slurm.cli slurm ...` works."""
-    from xdt.cli import main as xdt_main
-
-    return xdt_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

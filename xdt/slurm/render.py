@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xdt.assets import asset_path
+from xdt.config import time_seconds
 from xdt.errors import XdtError
 
 PLACEHOLDER = re.compile(r"\{\{([a-z_]+)\}\}")
 _UNSAFE = re.compile(r"""[\s'"`$\\;&|<>()*?\[\]{}!#%~]""")
-_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -46,25 +46,6 @@ def safe_path(path: str | Path, what: str) -> str:
         raise XdtError(f"{what}: {text!r} contains {bad.group()!r}; SLURM scripts need paths without spaces, "
                        "quotes, %, $ or shell wildcards (#SBATCH lines cannot quote them)")
     return text
-
-
-def time_seconds(spec: str) -> int | None:
-    """Seconds in a SLURM --time value (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S); None for UNLIMITED/INFINITE."""
-    if spec.upper() in ("UNLIMITED", "INFINITE"):
-        return None
-    m = _TIME.match(spec)
-    if not m:
-        raise XdtError(f"--time {spec!r}: expected minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS")
-    days, a, b, c = m.groups()
-    parts = [int(x) for x in (a, b, c) if x is not None]
-    if days is not None:  # D-H, D-H:M, D-H:M:S
-        h, mi, s = (parts + [0, 0])[:3]
-        return int(days) * 86400 + h * 3600 + mi * 60 + s
-    if len(parts) == 1:
-        return parts[0] * 60
-    if len(parts) == 2:
-        return parts[0] * 60 + parts[1]
-    return parts[0] * 3600 + parts[1] * 60 + parts[2]
 
 
 @dataclass
