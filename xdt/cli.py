@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from xdt import __version__
+from xdt.config import DATA_FORMATS
 from xdt.errors import SYMLINK_LOOP, Preempted, XdtError, is_symlink_loop
 
 # Subcommands that later releases fill in; named now so that scripts and docs can rely on them.
@@ -198,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("path", help="data folder or file, or hf:NAME/CONFIG")
     inspect.add_argument("--split", help="train, dev (validation) or test; default: every split found")
     inspect.add_argument("--langs", help="comma-separated language codes; default: every language found")
-    inspect.add_argument("--format", choices=["xtreme", "raw", "xtremedistil", "hf", "text"],
+    inspect.add_argument("--format", choices=DATA_FORMATS,
                          help="default: detected from the layout and content")
     inspect.add_argument("--lang", help="language of files whose lines do not name one")
     inspect.add_argument("--tokenizer", help="folder of a fast tokenizer (e.g. the mBERT vocabulary)")
@@ -279,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="corpus: WikiAnn folder or file in any supported layout, or text; repeat for several")
     trim.add_argument("--langs", help="comma-separated languages to keep (default: every language found)")
     trim.add_argument("--split", help="train, dev or test (default: every split found)")
-    trim.add_argument("--format", choices=["xtreme", "raw", "xtremedistil", "hf", "text"], help="default: detected")
+    trim.add_argument("--format", choices=DATA_FORMATS, help="default: detected")
     trim.add_argument("--floor", choices=["chars", "none"], default="chars",
                       help="chars (default): also keep every single-character piece of the scripts served")
     trim.add_argument("--floor-min-share", type=float, default=0.001,

@@ -42,6 +42,11 @@ STRATEGIES: dict[str, list[tuple[str, str, dict[str, float], bool]]] = {
              ("labels", "labeled", {"labels": 1.0}, True)],
 }
 
+# The data formats of xdt.data.readers (text: unlabeled); every list of them (config types, flags) is this one
+DataFormat = Literal["xtreme", "raw", "xtremedistil", "hf", "text"]
+DATA_FORMATS: tuple[str, ...] = typing.get_args(DataFormat)
+LABELED_FORMATS: tuple[str, ...] = tuple(f for f in DATA_FORMATS if f != "text")
+
 # The released XtremeDistilTransformers shapes (../shared/reference): layers, hidden, heads, intermediate.
 STUDENT_PRESETS: dict[str, dict[str, int]] = {
     "l6-h256": {"num_layers": 6, "hidden_size": 256, "num_heads": 8, "intermediate_size": 1024},
@@ -74,7 +79,7 @@ class DataConfig:
     path: str = _path(default=MOCK)  # a data folder or file (any format of xdt.data.readers), or `mock`
     task: Literal["token", "sequence"] = "token"  # sequence: text<TAB>label / a<TAB>b<TAB>label files
     labels: list[str] | None = None  # label order of a sequence task; None: the sorted train labels
-    format: Literal["xtreme", "raw", "xtremedistil", "hf", "text"] | None = None  # None: detect
+    format: DataFormat | None = None  # None: detect
     langs: list[str] | None = None  # None: every language found
     train_split: str = "train"
     dev_split: str = "dev"

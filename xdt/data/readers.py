@@ -22,12 +22,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xdt.config import DATA_FORMATS
 from xdt.data.sentence import HF_WIKIANN_LABEL_ORDER, WIKIANN_LABELS, Sentence, is_iob_tag
 from xdt.errors import SYMLINK_LOOP, DataError, is_symlink_loop
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("xtreme", "raw", "xtremedistil", "hf", "text")
+FORMATS = DATA_FORMATS
 UNDETERMINED_LANG = "und"  # ISO 639 code for a sentence whose language no field names
 LANG_PREFIX = re.compile(r"^([a-z]{2,3}(?:[-_][A-Za-z]+)?):.")  # `bs:word` of the raw format
 

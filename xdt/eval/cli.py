@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from xdt.config import LABELED_FORMATS
 from xdt.errors import XdtError
 
 
@@ -67,7 +68,7 @@ def add_eval_parser(subparsers) -> None:
     ev.add_argument("--data", action="append", metavar="PATH",
                     help="WikiAnn folder or file in any supported layout; repeat for several folders")
     ev.add_argument("--split", help="train, dev or test (default: the suite's split, else test)")
-    ev.add_argument("--format", choices=["xtreme", "raw", "xtremedistil", "hf"], help="default: detected")
+    ev.add_argument("--format", choices=LABELED_FORMATS, help="default: detected")
     ev.add_argument("--scheme", choices=["IOB2", "IOE2", "IOBES"], help="strict-mode scheme (default: the suite's)")
     ev.add_argument("--out", help="output folder (must not exist or be empty unless --overwrite)")
     ev.add_argument("--overwrite", action="store_true",

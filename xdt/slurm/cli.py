@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from xdt.config import LABELED_FORMATS
 from xdt.errors import XdtError
 
 
@@ -197,7 +198,7 @@ def add_slurm_parser(subparsers) -> None:
     ev.add_argument("--suite", help="suite name in eval/ or a suite YAML file")
     ev.add_argument("--langs", help="comma-separated languages (a subset of --suite when both are given)")
     ev.add_argument("--split", help="train, dev or test (default: the suite's, else test)")
-    ev.add_argument("--format", choices=["xtreme", "raw", "xtremedistil", "hf"], help="default: detected")
+    ev.add_argument("--format", choices=LABELED_FORMATS, help="default: detected")
     ev.add_argument("--teacher", help="teacher model folder, evaluated beside the model")
     ev.add_argument("--tokenizer", help="tokenizer folder when the model folder has none")
     ev.add_argument("--batch-size", type=int, help="windows per batch (xdt eval's default)")

@@ -16,7 +16,7 @@ from typing import Literal
 
 import yaml
 
-from xdt.config import apply_override, build, check_paths, to_dict
+from xdt.config import DataFormat, apply_override, build, check_paths, to_dict
 from xdt.errors import ConfigError
 
 
@@ -40,7 +40,7 @@ class SourceConfig:
     # e.g. `tatoeba.{iso3}-eng.{iso3}`; a text file needs no pattern
     pattern: str | None = None
     # labeled sources: reader format (None: detected) and split of a WikiAnn folder
-    format: Literal["xtreme", "raw", "xtremedistil", "hf", "text"] | None = None
+    format: DataFormat | None = None
     split: str = "train"
     any_tags: bool = False  # accept any IOB tag, not only the WikiAnn set
 
