@@ -47,6 +47,12 @@ DataFormat = Literal["xtreme", "raw", "xtremedistil", "hf", "text"]
 DATA_FORMATS: tuple[str, ...] = typing.get_args(DataFormat)
 LABELED_FORMATS: tuple[str, ...] = tuple(f for f in DATA_FORMATS if f != "text")
 
+# The loss terms a stage may weigh; those read from the teacher; those that train the classifier (after a stage
+# with one of these the dev score means something)
+LOSS_TERMS = ("hidden", "attention", "logits", "labels")
+TEACHER_TERMS = ("hidden", "attention", "logits")
+OUTPUT_TERMS = ("logits", "labels")
+
 # The released XtremeDistilTransformers shapes (../shared/reference): layers, hidden, heads, intermediate.
 STUDENT_PRESETS: dict[str, dict[str, int]] = {
     "l6-h256": {"num_layers": 6, "hidden_size": 256, "num_heads": 8, "intermediate_size": 1024},

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from xdt.config import RunConfig
+from xdt.config import TEACHER_TERMS, RunConfig
 from xdt.engine.distributed import init_distributed, is_main
 
 log = logging.getLogger(__name__)
@@ -326,7 +326,7 @@ def distill_step(cfg: RunConfig, data, teacher_dir: Path, out: Path) -> dict:
         cache = TeacherCache.open(cfg.distill.teacher_cache, teacher_hash=teacher_weights_hash(teacher_dir),
                                   layers_needed=layers, **cache_keys(cfg, data))
     needs_live = any(s.losses.get(t, 0) > 0 for s in resolve_stages(cfg) if not stage_reads_cache(s, cache, cfg)
-                     for t in ("hidden", "attention", "logits"))
+                     for t in TEACHER_TERMS)
     svd = cfg.student.embedding_init in ("svd", "pca") and not cfg.student.init_from
     cut = cfg.student.embedding_init == "teacher" and not cfg.student.init_from
     dev, dtype = teacher_device_dtype()

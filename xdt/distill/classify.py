@@ -38,7 +38,6 @@ from xdt.errors import XdtError
 from xdt.models.teacher import load_teacher_model
 
 log = logging.getLogger(__name__)
-OUTPUT_TERMS = ("logits", "labels")  # stages with these train the classifier: dev accuracy means something
 
 
 # --------------------------------------------------------------------------------------------- dev scores

@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xdt.config import DistillConfig
+from xdt.config import LOSS_TERMS, TEACHER_TERMS, DistillConfig
 from xdt.errors import ConfigError
 from xdt.models.layer_map import resolve_layer_map
 
 IGNORE_INDEX = -100
-TERMS = ("hidden", "attention", "logits", "labels")
+TERMS = LOSS_TERMS
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -280,7 +280,7 @@ class DistillLoss(nn.Module):
 
     @property
     def needs_teacher(self) -> bool:
-        return any(t in self.weights for t in ("hidden", "attention", "logits"))
+        return any(t in self.weights for t in TEACHER_TERMS)
 
     def forward(self, student: Any, teacher: Any = None, *, mask: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None,

@@ -22,7 +22,7 @@ import deepspeed
 import torch
 from torch import nn
 
-from xdt.config import RunConfig, StageConfig
+from xdt.config import OUTPUT_TERMS, RunConfig, StageConfig
 from xdt.data.batching import WindowBatcher
 from xdt.data.classification import model_inputs
 from xdt.distill.data import TaskData
@@ -44,7 +44,6 @@ from xdt.errors import ConfigError, Preempted, XdtError
 from xdt.models.layer_map import resolve_layer_map
 
 log = logging.getLogger(__name__)
-OUTPUT_TERMS = ("logits", "labels")  # stages with these train the classifier: dev F1 means something
 
 
 class DistillStep(nn.Module):
