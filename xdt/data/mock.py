@@ -5,23 +5,10 @@ languages and scripts, and a WordPiece vocabulary trained on it, both generated 
     tok_dir = write_mock_tokenizer("mock/tokenizer", data_dir, 4000)    # tokenizer.json + tokenizer_config.json
     data_dir, tok_dir = materialize_mock(cfg, cache_root)              # for `data.path: mock` / `tokenizer.path: mock`
 
-The data is synthetic but built like the real thing, so that a tiny teacher learns it in a minute on CPU and the
-scores still mean something:
-- every language has its own script and its own lexicon of pseudo-words: syllables of the script's letters, with
-  script-specific name endings (Russian -ов/-ова, German -mann, Hindi -पुर ...);
-- entities follow WikiAnn's IOB2 tags (O B-PER I-PER B-ORG I-ORG B-LOC I-LOC): multi-word person names (first
-  name, surname, patronymic or `bin`), organisations with cue words (`Corp`, `GmbH`, `ООО`, `شركة`, `लिमिटेड`),
-  locations with cue words (`River`, `Bad`, `Нижний`, `جبل`, `नगर`);
-- sentences come from templates whose cue words give the context (`<PER> visited <LOC>`, `<PER> works for <ORG>`);
-  the cue words are short real words of each language, the word order is the same everywhere (this is mock data);
-- some of it is ambiguous, so F1 is not trivially 100: surnames and place names also make up organisation names,
-  some first names are also place names, some organisations have no cue word, and a few entities are entity-only
-  fragments as in WikiAnn;
-- one sentence in LONG_EVERY is long (at least LONG_WORDS words), so windowing at max_seq_length 32 is exercised.
-
-Everything is drawn from `random.Random` seeded by hashes of (seed, language, purpose): the same config gives
-byte-identical files on every machine and Python version. Bump GENERATOR_VERSION whenever the output for the same
-config changes, so that caches of older mock data are not reused.
+Synthetic but built like WikiAnn (own script and lexicon per language, IOB2 PER/ORG/LOC with cue words, some
+ambiguity, long sentences every LONG_EVERY), so a tiny teacher learns it in a minute and F1 still means something.
+The same config gives byte-identical files on every machine; bump GENERATOR_VERSION whenever the output changes.
+How it is built: docs/internals.md.
 """
 
 from __future__ import annotations

@@ -1,23 +1,10 @@
 """`xdt trim`: a model folder + a corpus -> the same model with only the vocabulary pieces that corpus uses.
 
-With the mBERT vocabulary most of a small student is its word-embedding table (119,547 rows); a deployment that
-serves a few languages needs a fraction of them. Top to bottom:
-
-1. read the corpus with xdt's readers (any WikiAnn layout or text file; all splits unless --split) -> word counts;
-2. tokenize every distinct word exactly as the Aligner does (one pre-tokenized word at a time, no specials) ->
-   the pieces the corpus uses; add the special tokens, the ids the model config names (pad, ...) and the floor
-   (`chars`: every single-character piece, with and without the continuation prefix, of the scripts seen, so an
-   unseen word of a served script still splits into characters instead of becoming [UNK]);
-3. keep those pieces in their old order (new id = rank), rebuild the tokenizer's `tokenizer.json` with the new
-   ids (WordPiece and Unigram models; the normalizer, pre-tokenizer and templates are unchanged), slice the
-   word-embedding rows (the E-wide rows of a factorized ELECTRA-style student alike) and set `vocab_size`;
-4. check: every corpus word tokenizes to the same pieces as before (0 words changed, by construction:
-   WordPiece's greedy longest match and Unigram's best segmentation over a subset that still holds the old
-   pieces pick the old pieces), and the trimmed model's logits on corpus sentences equal the original's.
-
-A word outside the corpus whose pieces were trimmed is tokenized by the same algorithm over the kept pieces: it
-splits into shorter kept pieces, or becomes [UNK] exactly as an unseen word does when nothing matches.
-Teachers trim the same way (any token-classification folder with a WordPiece or Unigram fast tokenizer).
+The pieces kept are those of every corpus word tokenized as the Aligner does, the special tokens and ids the config
+names, and every single-character piece of the scripts seen; they keep their old order, the tokenizer's
+`tokenizer.json` (WordPiece or Unigram) gets the new ids and the word-embedding rows are sliced. Checked before
+anything is written: every corpus word tokenizes to the same pieces, and the logits on corpus sentences are the
+original's. Teachers trim the same way. The steps and why no word changes: docs/internals.md.
 """
 
 from __future__ import annotations

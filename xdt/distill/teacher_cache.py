@@ -1,28 +1,10 @@
-"""Teacher outputs cached to disk: logits and chosen hidden states per real token, as numpy memmaps.
+"""Teacher outputs cached to disk: logits and chosen hidden states per real token (per word across tokenizers), as
+numpy memmaps, one shard per rank.
 
-The teacher is inference only during distillation, and its outputs for a window never change: computing them once
-and reading them back makes every later stage (and every rerun) pay the student's cost alone.
-
-Layout of a cache folder (one shard per rank; rank r holds windows r, r + world, ...):
-
-    manifest.json                        written last, by rank 0, once every shard is complete
-    shard-00000-of-00002/
-        windows.npy   int64 [n]          the global window indices this shard holds, ascending
-        offsets.npy   int64 [n + 1]      window i's tokens are rows offsets[i]:offsets[i+1] of the arrays below
-        logits.npy    float16 [tokens, num_labels]
-        hidden-03.npy float16 [tokens, hidden]   one per stored teacher hidden state (0 = embeddings)
-        shard.json                       what the shard was built from (teacher hash, data, tokenizer, ...)
-        complete                         marker: the shard folder is renamed into place after it is written
-
-Only the real tokens of a window are stored ([CLS] ... [SEP], no padding). Where the teacher's tokenizer is not the
-student's (`unit: word`), a window's rows are its words instead: one row per word slot of the student's window, in
-order, each the teacher's output for that word pooled over its own sub-words (`xdt.data.word_bridge`); the manifest
-then records both tokenizers' fingerprints and the pooling. A shard is written to a temporary
-folder and renamed into place, so a crash never leaves a shard that reads as complete; `manifest.json` is written
-only after every shard is, so a reader refuses a partial cache. `TeacherCache.open` also refuses a stale one: the
-manifest records the teacher weights' hash, the data's content id, the tokenizer fingerprint and max length, and
-any mismatch is named. Shards may be built by ranks of one torch.distributed job, or by separate processes (e.g. a
-SLURM array, or one after the other): whichever finishes the last shard writes the manifest.
+`TeacherCache.open` refuses a partial cache (the manifest is written last, shards are renamed into place) and a
+stale one (teacher weights' hash, data content id, tokenizer fingerprints, max length and pooling are recorded and
+any mismatch is named). Shards may be built by the ranks of one job or by separate processes; whichever finishes
+the last shard writes the manifest. The folder layout: docs/internals.md.
 """
 
 from __future__ import annotations
@@ -238,7 +220,8 @@ def build_teacher_cache(teacher: torch.nn.Module, features: AlignedFeatures, out
         raise XdtError("teacher cache: a word bridge needs the teacher's own tokenizer fingerprint (it differs from "
                        "the student's)")
     meta = {"unit": unit, "teacher_tokenizer_fp": teacher_tokenizer_fp or tokenizer_fp,
-            "word_pooling": word_pooling if bridge is not None else None,"format": FORMAT, "version": VERSION, "teacher_hash": teacher_hash,
+            "word_pooling": word_pooling if bridge is not None else None, "format": FORMAT, "version": VERSION,
+            "teacher_hash": teacher_hash,
             "teacher_path": str(teacher_path) if teacher_path is not None else None, "content_id": content_id,
             "tokenizer_fp": tokenizer_fp, "max_seq_length": int(max_seq_length), "layers": layers,
             "num_hidden_states": num_states, "num_labels": num_labels, "hidden_size": hidden, "dtype": dtype_name,

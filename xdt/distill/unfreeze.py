@@ -1,23 +1,10 @@
 """Gradual unfreezing, top-down and layer by layer (XtremeDistil's D3.2 / D4.2 strategies).
 
-Stages 2 and 3 start with only the head training and add one group per unfreeze step, in this order:
-
-    head (classifier, plus the pooler of a sequence classifier)
-    projector (the hidden-state projections, if given)
-    encoder layer L-1, ..., encoder layer 0
-    embeddings_project (ELECTRA's E -> H projection, factorized students only)
-    embeddings (word, position, token-type embeddings and their LayerNorm)
-
-so the layers nearest the loss adapt first and the pretrained/distilled lower layers are disturbed last (the
-released code unfreezes two coarse blocks; per layer is finer and the same in the limit). After ``apply(k)``
-exactly the first k + 1 groups train. Parameters in `keep_frozen` (e.g. frozen word embeddings) never train;
-a group they empty is dropped, so every step changes something.
-
-Freezing is ``requires_grad=False``: frozen parameters get no gradient, and torch optimizers skip parameters
-whose ``.grad`` is None. Call ``optimizer.zero_grad(set_to_none=True)`` (DeepSpeed engines do) so a group
-frozen again at a stage start does not keep an old gradient. Optimizers that treat a missing gradient as zero
-(e.g. fused/flattened ZeRO buffers with weight decay or momentum) can still move frozen parameters: build the
-optimizer per stage, or give it zero weight decay, when bit-identical frozen weights matter.
+Groups, in the order they start training: head, projector, encoder layer L-1 ... 0, embeddings_project (factorized
+students), embeddings. After ``apply(k)`` exactly the first k + 1 groups train; parameters in `keep_frozen` never
+train, and a group they empty is dropped. Freezing is ``requires_grad=False``; build the optimizer per stage (or use
+zero weight decay) where frozen weights must stay bit-identical. Why this order and the optimizer caveat:
+docs/internals.md.
 """
 
 from __future__ import annotations

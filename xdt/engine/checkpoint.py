@@ -1,23 +1,9 @@
 """Resumable checkpoints: `engine.save_checkpoint` on every rank, then a completion marker, then `latest`.
 
-Layout under ROOT (e.g. OUTPUT/checkpoints/distill):
-    <tag>/...              DeepSpeed's files (model states, ZeRO optimizer shards per rank)
-    <tag>/xdt_state.json   written by rank 0 after every rank finished saving: the loop position
-    <tag>/rng-rank{r}.safetensors   rank r's RNG states (torch CPU and CUDA, numpy, python), one file per rank
-    latest                 the newest complete tag, replaced atomically after its marker exists
-
-A crash mid-save leaves a tag without `xdt_state.json`: it is never named by `latest` and never loaded. The loop
-position (stage, unfreeze step, step, best dev score, history) sits in the JSON marker so a resumed run knows which
-engine to build before loading.
-
-RNG states are per rank: every rank draws its own dropout masks, so every rank writes its own states and loads its
-own back (DeepSpeed's client_state would not do: under ZeRO 0-2 only rank 0's copy is saved). A checkpoint whose
-RNG files come from another number of ranks is refused when it would set the RNG (a full, mid-step load): its
-ranks' streams have no counterpart in this run, and DeepSpeed cannot repartition ZeRO's optimizer state to
-another world size anyway. Loading weights only (after a finished unfreeze step, `xdt export`) does not read them.
-
-Every DeepSpeed load runs inside `weights_only_loads()` (xdt/engine/safe_load.py): nothing pickled in a
-checkpoint runs.
+A tag is loaded only once rank 0 has written its `xdt_state.json` marker (the loop position) after every rank
+saved, and `latest` is replaced atomically after that, so a crash mid-save is never resumed from. Each rank writes
+and reads back its own RNG states; a checkpoint from another number of ranks is refused where it would set them.
+Every DeepSpeed load runs inside `weights_only_loads()`: nothing pickled runs. Layout: docs/internals.md.
 """
 
 from __future__ import annotations

@@ -11,23 +11,8 @@
             shutdown()
             sys.exit(EXIT_REQUEUE)           # 75: checkpoint saved, run not finished
 
-Signals: SLURM sends SIGUSR1 to the batch shell `--signal=B:USR1@S` seconds before the time limit, the
-rendered script (slurm/train.sbatch) forwards it to every process of the training step; SIGTERM comes with
-`scancel`, preemption by a higher-priority job, or the time limit itself (then only KillWait seconds remain).
-A handler only sets a flag: saving from inside a signal handler would run in the middle of a collective.
-
-A USR1 that comes before the loop installs its handlers is not lost: `python -m xdt run|teacher|distill` records
-it from process start (`record_early_signals`, handed to the first `install`), and the batch shell of
-slurm/train.sbatch writes every signal it forwards to the file named by XDT_SIGNAL_FILE, which `should_stop` reads:
-that covers a signal during the job's set-up lines, srun's start, torchrun's rendezvous and the imports.
-
-The stop file (default OUTPUT/STOP) is the manual kill-switch: `touch OUTPUT/STOP` and the run saves and exits
-75 at its next check, without requeueing. Delete the file before resuming, or the resumed run stops again.
-
-Exit code convention: EXIT_REQUEUE (75, EX_TEMPFAIL of sysexits.h, "try again later") = a checkpoint was saved
-and the run is not finished; under SLURM the job has been requeued (after a signal) and `output.resume=auto`
-continues it. torchrun reports any non-zero worker exit as its own exit code 1, so under torchrun the requeue
-itself (`scontrol show job`: Restarts=N) is the signal of success, not the code.
+Signals that come before `install` are not lost (`record_early_signals`, XDT_SIGNAL_FILE); `touch OUTPUT/STOP` stops
+a run by hand without requeueing. Where the signals come from and the exit-code convention: docs/internals.md.
 """
 
 from __future__ import annotations

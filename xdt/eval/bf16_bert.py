@@ -1,26 +1,11 @@
 """bf16 matrix products with an fp32 re-check: fp32 labels at bf16 speed on CPUs with native bf16 dot products.
 
-On a CPU with AVX512-BF16 (or AMX) a bf16 matmul runs ~2.2x the fp32 one, and eval time is ~80% matmuls. bf16
-changes logits slightly, so a word whose label could flip is recomputed in fp32:
-- the matrix products and attention run in bf16 (weights cast once, activations cast at each product); the residual
-  stream, the adds and LayerNorms stay fp32: rounding the residual stream itself to bf16 costs 7x the error (on the
-  benchmark's model a worst ratio, below, of 2.6e-3 against 3.7e-4) for ~7% less time; the classifier runs in fp32;
-- a word's label a is safe when, for every other label c, the margin l_a - l_c exceeds
-  `threshold * |h| * |W_a - W_c|` (h the word's final hidden state, W the classifier rows): the change of l_a - l_c is
-  (W_a - W_c) . dh, so the threshold bounds bf16's error of h relative to its size, along the direction that
-  decides between the two labels. That worst ratio differs 60x between models (3.6e-4 on a random BERT, 3.5e-3 and
-  2.1e-2 on two trained ones, over every word: docs/benchmarks.md), so each run measures it: first on
-  CALIBRATION_WINDOWS windows of every length (computed both ways; their fp32 labels are kept), then on every word the
-  re-check recomputes (an audit on thousands of words that costs nothing: both results are at hand). The threshold is
-  SAFETY times the worst ratio seen, at least FLOOR. A first call with fewer than CALIBRATE_FROM windows runs in fp32
-  alone (calibrating would cost more than bf16 saves) and leaves the calibration to a later call;
-- after the bf16 pass (`predict_label_ids`), the windows holding an unsafe word are recomputed by the exact fp32
-  forward (xdt.eval.fast_bert), batched by length, and their labels replace the bf16 ones. When a re-checked word
-  raises the threshold, every word not yet re-checked is judged again against it and the windows it flags are
-  re-checked too, until no word is left below the threshold: labels are the fp32 path's. Where the calibration
-  windows say that more than GIVE_UP of the tokens would need it, bf16 costs more than it saves and the run is fp32
-  alone (the first batches, the longest windows, are no guide to that share).
-`threshold=inf` re-checks every window (exactly the fp32 labels); `threshold=0` re-checks none (bf16 alone).
+Matrix products and attention run in bf16; the residual stream, LayerNorms and classifier stay fp32. A word's label
+a is safe when every margin l_a - l_c exceeds `threshold * |h| * |W_a - W_c|`; windows holding an unsafe word are
+recomputed by the exact fp32 forward (xdt.eval.fast_bert) and their labels replace the bf16 ones. The threshold is
+SAFETY times the worst bf16 error measured on calibration windows and on every re-checked word, and words are judged
+again whenever it rises, so the labels are the fp32 path's. `threshold=inf` re-checks every window, `threshold=0`
+none. The derivation and the measurements: docs/internals.md.
 """
 
 from __future__ import annotations

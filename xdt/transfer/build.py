@@ -1,24 +1,14 @@
 """`xdt transfer build`: sources -> filters -> de-dup -> language sampling -> augmentation -> JSONL + manifest.
 
-Two streaming passes over the sources, read top to bottom:
-
-1. count: every sentence that passes the language and length filters gets a position; de-dup hashes go to disk
-   partitions (xdt.transfer.dedup); counts per (source, language) group; a reservoir of sentences per language for
-   `replace` noise.
-2. select and write: the same sentences in the same order; later copies are dropped, Algorithm S keeps each group's
-   exact quota (xdt.transfer.sampling), augmenters make copies in chunks of 256 sentences, lines go through the
-   on-disk shuffle (xdt.transfer.writer).
-
-Memory does not grow with the transfer set: one chunk of sentences (256 x copies), one shuffle bucket (~50k lines),
-one de-dup partition (16 bytes x input sentences / 256, sorted), the de-dup flush buffer (4 MB), one bit per
-filtered source sentence (7M: 0.9 MB), the `replace` reservoir (vocab_sentences per language), and the
-dictionaries (xdt.transfer.dictionary: the largest part, ~50 MB per language). Disk: 16 bytes per input sentence
-for de-dup plus one copy of the output for the shuffle, in a scratch folder removed at the end. Measured
-(benchmarks/transfer_build.py): the same peak RSS at 200k and 1M sampled sentences. Output folder:
+Two streaming passes over the sources: (1) count what passes the filters, de-dup hashes to disk partitions, a
+`replace` reservoir per language; (2) select (Algorithm S, each group's exact quota), augment in chunks of 256 and
+write through the on-disk shuffle. Memory does not grow with the transfer set. Output folder:
 
     transfer.jsonl   {"lang", "words", "source", "augmentation", "changed"} per line
     labeled.jsonl    augmented sentences of labeled sources, plus "tags" (only when there are some)
     manifest.json    sources with content hashes, counts per language and augmentation, seed, full config
+
+Memory and disk accounting: docs/internals.md.
 """
 
 from __future__ import annotations
