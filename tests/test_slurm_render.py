@@ -242,3 +242,30 @@ def test_cluster_script_usage():
     done = subprocess.run(["bash", str(SLURM_DIR / "local" / "cluster.sh"), "env"], capture_output=True, text=True,
                           env={"XDT_SLURM_DIR": "/tmp/somewhere", "PATH": "/usr/bin:/bin"})
     assert done.stdout.strip() == "export SLURM_CONF=/tmp/somewhere/slurm.conf"
+
+
+def test_every_slurm_option_is_declared_once_and_reaches_flags_config_and_script(tmp_path, capsys):
+    # each field of SlurmResources is a flag of `xdt slurm submit`; the `step` ones are also keys of slurm.<step>
+    import dataclasses
+
+    from xdt.cli import main, parse_args
+    from xdt.config import SlurmResources, SlurmStepConfig, load_config, slurm_flag
+    from xdt.slurm.cli import _resources
+
+    fields = dataclasses.fields(SlurmResources)
+    steps = [f.name for f in fields if f.metadata["step"]]
+    assert [f.name for f in dataclasses.fields(SlurmStepConfig)] == steps
+    assert {"nodes", "time", "partition"} <= set(steps) and "job_name" not in steps
+    with pytest.raises(SystemExit):
+        main(["slurm", "submit", "--help"])
+    shown = capsys.readouterr().out
+    assert all(slurm_flag(f) in shown for f in fields)
+    args = parse_args(["slurm", "submit", QUICKSTART, "--nodes", "3", "--time", "01:00:00", "--env", "A=1",
+                       "--sbatch-option=--qos=high"])
+    res = _resources(args)
+    assert (res.nodes, res.time, res.env, res.sbatch_options, res.signal_seconds) == \
+        (3, "01:00:00", ["A=1"], ["--qos=high"], 300)
+    cfg = load_config(QUICKSTART, ["slurm.distill.time=02:00:00", "slurm.teacher.gpus_per_node=2"])
+    assert (cfg.slurm.distill.time, cfg.slurm.teacher.gpus_per_node, cfg.slurm.eval.nodes) == ("02:00:00", 2, None)
+    with pytest.raises(ConfigError, match=r"^slurm.cache.nodes: expected a positive integer"):
+        load_config(QUICKSTART, ["slurm.cache.nodes=0"])

@@ -218,19 +218,58 @@ class EvalConfig:
     batch_size: int = 64
 
 
-@dataclass
-class SlurmStepConfig:
-    """What one step of `xdt slurm pipeline` asks SLURM for; null keys take the common setting (the command line's
-    flags, then `slurm.partition`/`slurm.account`, then xdt slurm's defaults)."""
+def _slurm(default, help: str, *, step: bool = False, training: bool = False, minimum: int | None = None,
+           metavar: str | None = None, flag: str | None = None):
+    """A field of SlurmResources. `step`: also a key of `slurm.<step>`; `training`: a flag of training jobs only;
+    `minimum`: the least value of an int; a list default makes a repeatable flag."""
+    meta = {"help": help, "step": step, "training": training, "minimum": minimum, "metavar": metavar,
+            "flag": flag or "--" + "{name}"}
+    if isinstance(default, list):
+        return field(default_factory=list, metadata=meta)
+    return field(default=default, metadata=meta)
 
-    nodes: int | None = None  # the eval step is one node per shard, whatever this says
-    gpus_per_node: int | None = None
-    cpus_per_task: int | None = None
-    ntasks_per_node: int | None = None
-    procs_per_node: int | None = None
-    time: str | None = None  # quoted in YAML: "04:00:00" (an unquoted 4:00:00 is read as a number of seconds)
-    partition: str | None = None
-    account: str | None = None
+
+@dataclass
+class SlurmResources:
+    """What a SLURM job asks for, each option declared once: a field here is a flag of `xdt slurm submit|eval|pipeline`
+    (help and checks from its metadata) and, where `step`, a key of `slurm.<step>` in a run config."""
+
+    nodes: int = _slurm(1, "nodes (1)", step=True, minimum=1)
+    gpus_per_node: int = _slurm(0, "GPUs per node; 0: CPU only, gloo (0)", step=True, minimum=0)
+    cpus_per_task: int = _slurm(1, "CPUs per task (1); CPU-only training starts this many single-threaded ranks per "
+                                   "node", step=True, minimum=1)
+    ntasks_per_node: int = _slurm(1, "1: one task per node running torchrun (default); N > 1: srun starts N ranks per "
+                                     "node", step=True, minimum=1)
+    procs_per_node: int | None = _slurm(None, "torchrun --nproc_per_node (default: the GPUs per node, else "
+                                              "--cpus-per-task)", step=True, training=True, minimum=1)
+    signal_seconds: int = _slurm(300, "USR1 this many seconds before the time limit: save and requeue (300)",
+                                 training=True, minimum=1)
+    port: int | None = _slurm(None, "rendezvous port (default 10000 + job id %% 20000, below the ephemeral ports)",
+                              training=True)
+    partition: str | None = _slurm(None, "partition (default: the cluster's)", step=True)
+    account: str | None = _slurm(None, "account to charge", step=True)
+    # in YAML quoted: "04:00:00" (an unquoted 4:00:00 is read as a number of seconds)
+    time: str | None = _slurm(None, "time limit, e.g. 04:00:00 or 2-00:00:00 (default: the partition's)", step=True)
+    job_name: str | None = _slurm(None, "job name (default: xdt-<command>-<output folder name>)")
+    python: str | None = _slurm(None, "Python on the compute nodes with xdt installed (default: this one)")
+    setup: list[str] = _slurm([], "shell line run before the launch, e.g. 'module load cuda' (repeatable)",
+                              metavar="LINE")
+    env: list[str] = _slurm([], "variable exported in the job (repeatable)", metavar="NAME=VALUE")
+    sbatch_options: list[str] = _slurm([], "extra #SBATCH line, e.g. --qos=high (repeatable)", metavar="--OPT=VALUE",
+                                       flag="--sbatch-option")
+
+
+def slurm_flag(f: dataclasses.Field) -> str:
+    """The command-line flag of a SlurmResources field."""
+    return f.metadata["flag"].format(name=f.name.replace("_", "-"))
+
+
+# What one step of `xdt slurm pipeline` asks for: the `step` fields of SlurmResources, each None by default (a null
+# key takes the common setting: the command line's flags, then slurm.partition/account, then the defaults).
+SlurmStepConfig = dataclasses.make_dataclass(
+    "SlurmStepConfig", [(f.name, f"{f.type} | None" if "None" not in f.type else f.type, field(default=None))
+                        for f in dataclasses.fields(SlurmResources) if f.metadata["step"]])
+SlurmStepConfig.__module__ = __name__  # its string annotations are read in this module
 
 
 @dataclass
@@ -471,9 +510,9 @@ RANGES = {
 }
 SLURM_STEPS = ("teacher", "cache", "distill", "eval")
 RANGES |= {"slurm.eval_shards": _POSITIVE,
-           **{f"slurm.{step}.{key}": _POSITIVE for step in SLURM_STEPS
-              for key in ("nodes", "cpus_per_task", "ntasks_per_node", "procs_per_node")},
-           **{f"slurm.{step}.gpus_per_node": _NON_NEGATIVE for step in SLURM_STEPS}}
+           **{f"slurm.{step}.{f.name}": _POSITIVE if f.metadata["minimum"] == 1 else _NON_NEGATIVE
+              for step in SLURM_STEPS for f in dataclasses.fields(SlurmResources)
+              if f.metadata["step"] and f.metadata["minimum"] is not None}}
 STAGE_RANGES = {"lr": _POSITIVE, "epochs": _NON_NEGATIVE, "steps": _NON_NEGATIVE, "warmup_steps": _NON_NEGATIVE}
 
 

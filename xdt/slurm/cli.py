@@ -7,22 +7,20 @@ XdtError, which xdt.cli.main prints as one line and turns into exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
-from xdt.config import LABELED_FORMATS
+from xdt.config import LABELED_FORMATS, SlurmResources, slurm_flag
 from xdt.errors import XdtError
 
 
 def _resources(args: argparse.Namespace):
     from xdt.slurm.render import Resources
 
-    return Resources(
-        nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
-        ntasks_per_node=args.ntasks_per_node, procs_per_node=getattr(args, "procs_per_node", None),
-        partition=args.partition, account=args.account, time=args.time, job_name=args.job_name,
-        signal_seconds=getattr(args, "signal_seconds", 300), port=getattr(args, "port", None), python=args.python,
-        setup=args.setup or [], env=args.env or [], sbatch_options=args.sbatch_option or [])
+    # a flag not given (or, like the training-only ones, not a flag of this command) keeps the field's default
+    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(SlurmResources)}
+    return Resources(**{name: value for name, value in given.items() if value is not None})
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -60,10 +58,9 @@ def _pipeline(args: argparse.Namespace) -> int:
     from xdt.slurm import pipeline as pl
 
     common = {key: getattr(args, key) for key in pl.STEP_KEYS}
-    shared = {"python": args.python, "setup": args.setup or [], "env": args.env or [],
-              "sbatch_options": args.sbatch_option or [], "port": args.port}
-    if args.signal_seconds is not None:
-        shared["signal_seconds"] = args.signal_seconds
+    # the rest of the flags go to every job as given; --job-name is the prefix of the steps' own names
+    shared = {f.name: getattr(args, f.name) for f in dataclasses.fields(SlurmResources)
+              if f.name not in pl.STEP_KEYS and f.name != "job_name" and getattr(args, f.name) is not None}
     states = None
     if args.dry_run:  # a dry run away from the cluster still prints the plan
         def states(ids):
@@ -131,30 +128,17 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _add_resource_args(p: argparse.ArgumentParser, training: bool) -> None:
+    """One flag per field of xdt.config.SlurmResources (help from its metadata); `training`: with the training-only
+    ones."""
     g = p.add_argument_group("SLURM resources")
-    g.add_argument("--nodes", type=int, default=1, help="nodes (1)")
-    g.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node; 0: CPU only, gloo (0)")
-    g.add_argument("--cpus-per-task", type=int, default=1,
-                   help="CPUs per task (1); CPU-only training starts this many single-threaded ranks per node")
-    g.add_argument("--ntasks-per-node", type=int, default=1,
-                   help="1: one task per node running torchrun (default); N > 1: srun starts N ranks per node")
-    if training:
-        g.add_argument("--procs-per-node", type=int, help="torchrun --nproc_per_node (default: the GPUs per node, "
-                                                          "else --cpus-per-task)")
-        g.add_argument("--signal-seconds", type=int, default=300,
-                       help="USR1 this many seconds before the time limit: save and requeue (300)")
-        g.add_argument("--port", type=int,
-                       help="rendezvous port (default 10000 + job id %% 20000, below the ephemeral ports)")
-    g.add_argument("--partition", help="partition (default: the cluster's)")
-    g.add_argument("--account", help="account to charge")
-    g.add_argument("--time", help="time limit, e.g. 04:00:00 or 2-00:00:00 (default: the partition's)")
-    g.add_argument("--job-name", help="job name (default: xdt-<command>-<output folder name>)")
-    g.add_argument("--python", help="Python on the compute nodes with xdt installed (default: this one)")
-    g.add_argument("--setup", action="append", metavar="LINE",
-                   help="shell line run before the launch, e.g. 'module load cuda' (repeatable)")
-    g.add_argument("--env", action="append", metavar="NAME=VALUE", help="variable exported in the job (repeatable)")
-    g.add_argument("--sbatch-option", action="append", metavar="--OPT=VALUE",
-                   help="extra #SBATCH line, e.g. --qos=high (repeatable)")
+    for f in dataclasses.fields(SlurmResources):
+        if f.metadata["training"] and not training:
+            continue
+        if f.type.startswith("list"):
+            kind = {"action": "append"}
+        else:
+            kind = {"type": int if f.type.startswith("int") else str, "default": f.default}
+        g.add_argument(slurm_flag(f), dest=f.name, metavar=f.metadata["metavar"], help=f.metadata["help"], **kind)
     p.add_argument("--dry-run", action="store_true", help="print the script(s) (still written), submit nothing")
 
 
@@ -207,8 +191,8 @@ def add_slurm_parser(subparsers) -> None:
     ev.add_argument("--allow-missing", action="store_true", help="list languages without data instead of failing")
     ev.add_argument("--device", help="auto, cpu, cuda (xdt eval's default: auto)")
     ev.add_argument("--shards", type=int, required=True, help="array tasks; each takes every N-th language")
-    ev.add_argument("--out", required=True, help="the job's folder: merged report in OUT/report, shards in OUT/shards/<i>, scripts "
-                                           "and logs in OUT/slurm")
+    ev.add_argument("--out", required=True, help="the job's folder: merged report in OUT/report, shards in "
+                                                 "OUT/shards/<i>, scripts and logs in OUT/slurm")
     _add_resource_args(ev, training=False)
     ev.set_defaults(func=_eval)
 
@@ -231,5 +215,5 @@ def add_slurm_parser(subparsers) -> None:
                            "account; e.g. teacher:nodes=2,gpus_per_node=4,time=04:00:00 (repeatable)")
     pipe.add_argument("--eval-shards", type=int, help="evaluation array tasks (default: slurm.eval_shards, 1)")
     _add_resource_args(pipe, training=True)
-    pipe.set_defaults(func=_pipeline, nodes=None, gpus_per_node=None, cpus_per_task=None, ntasks_per_node=None,
-                      signal_seconds=None)
+    # no defaults here: a flag not given leaves each step to its config keys and then to SlurmResources' defaults
+    pipe.set_defaults(func=_pipeline, **{f.name: None for f in dataclasses.fields(SlurmResources)})

@@ -38,7 +38,7 @@ from xdt.slurm.train_job import TrainJob, build_train_job
 STEPS = SLURM_STEPS  # in submission order; the training steps are named as train_job's commands
 RECORD = "pipeline.json"
 STEP_KEYS = tuple(f.name for f in dataclasses.fields(SlurmStepConfig))
-INT_KEYS = ("nodes", "gpus_per_node", "cpus_per_task", "ntasks_per_node", "procs_per_node")
+INT_KEYS = tuple(f.name for f in dataclasses.fields(SlurmStepConfig) if f.type.startswith("int"))
 EVAL_ONE_PROCESS = ("nodes", "ntasks_per_node", "procs_per_node")  # each shard: one process on one node
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
                 "DEADLINE", "PREEMPTED"}

@@ -37,7 +37,8 @@ def _scontrol(*args: str) -> list[dict[str, str]]:
     if done.returncode != 0:
         raise client_error(f"scontrol show {' '.join(args)}", done.stderr or done.stdout, done.returncode)
     # `-o`: one record a line, KEY=VALUE words (values with spaces, such as a node's Reason, are not read here)
-    return [dict(w.split("=", 1) for w in line.split() if "=" in w) for line in done.stdout.splitlines() if line.strip()]
+    return [dict(w.split("=", 1) for w in line.split() if "=" in w)
+            for line in done.stdout.splitlines() if line.strip()]
 
 
 def _gpus(gres: str) -> int:

@@ -8,14 +8,14 @@ bash would split or expand, and refused with an error naming the option or confi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from xdt.assets import asset_path
-from xdt.config import time_seconds
+from xdt.config import SlurmResources, slurm_flag, time_seconds
 from xdt.errors import XdtError
 
 PLACEHOLDER = re.compile(r"\{\{([a-z_]+)\}\}")
@@ -48,39 +48,18 @@ def safe_path(path: str | Path, what: str) -> str:
     return text
 
 
-@dataclass
-class Resources:
-    """What a job asks SLURM for, shared by every kind of job. Flags of `xdt slurm submit|eval`."""
-
-    nodes: int = 1
-    gpus_per_node: int = 0
-    cpus_per_task: int = 1
-    ntasks_per_node: int = 1  # 1: torchrun per node; > 1: srun starts one rank per task (no torchrun)
-    procs_per_node: int | None = None  # torchrun --nproc_per_node; None: the GPUs, else cpus_per_task
-    partition: str | None = None
-    account: str | None = None
-    time: str | None = None  # None: the partition's default limit
-    job_name: str | None = None
-    signal_seconds: int = 300
-    port: int | None = None  # rendezvous port; None: 10000 + job id % 20000 (below the ephemeral ports)
-    python: str | None = None  # interpreter on the compute nodes; None: this one (sys.executable)
-    setup: list[str] = field(default_factory=list)  # shell lines before the launch (module load, source ...)
-    env: list[str] = field(default_factory=list)  # KEY=VALUE exported in the job
-    sbatch_options: list[str] = field(default_factory=list)  # extra `#SBATCH --opt=value` lines
+class Resources(SlurmResources):
+    """What a job asks SLURM for (the fields: xdt.config.SlurmResources), checked and turned into script values."""
 
     def check(self) -> None:
-        for flag, value in (("--nodes", self.nodes), ("--cpus-per-task", self.cpus_per_task),
-                            ("--ntasks-per-node", self.ntasks_per_node), ("--signal-seconds", self.signal_seconds)):
-            if value < 1:
-                raise XdtError(f"{flag}: expected a positive integer, got {value}")
-        if self.gpus_per_node < 0:
-            raise XdtError(f"--gpus-per-node: expected 0 (CPU only) or more, got {self.gpus_per_node}")
-        if self.procs_per_node is not None:
-            if self.procs_per_node < 1:
-                raise XdtError(f"--procs-per-node: expected a positive integer, got {self.procs_per_node}")
-            if self.ntasks_per_node > 1:
-                raise XdtError("--procs-per-node: only with --ntasks-per-node 1 (torchrun starts the processes); "
-                               "with srun tasks each task is one process")
+        for f in dataclasses.fields(self):
+            value, least = getattr(self, f.name), f.metadata["minimum"]
+            if least is not None and value is not None and value < least:
+                expected = "a positive integer" if least == 1 else f"{least} or more"
+                raise XdtError(f"{slurm_flag(f)}: expected {expected}, got {value}")
+        if self.procs_per_node is not None and self.ntasks_per_node > 1:
+            raise XdtError("--procs-per-node: only with --ntasks-per-node 1 (torchrun starts the processes); "
+                           "with srun tasks each task is one process")
         if self.signal_seconds > 65535:
             raise XdtError(f"--signal-seconds: SLURM accepts at most 65535, got {self.signal_seconds}")
         if self.time is not None:
