@@ -269,3 +269,12 @@ def test_every_slurm_option_is_declared_once_and_reaches_flags_config_and_script
     assert (cfg.slurm.distill.time, cfg.slurm.teacher.gpus_per_node, cfg.slurm.eval.nodes) == ("02:00:00", 2, None)
     with pytest.raises(ConfigError, match=r"^slurm.cache.nodes: expected a positive integer"):
         load_config(QUICKSTART, ["slurm.cache.nodes=0"])
+    # a new option is one more field: its #SBATCH line and its check come with it
+    from xdt.config import _slurm
+
+    with_qos = dataclasses.make_dataclass("WithQos", [("qos", "str | None", _slurm(None, "QOS", sbatch=True))],
+                                          bases=(Resources,))
+    lines = with_qos(qos="high", time="01:00:00").common_values("python")["optional_directives"].splitlines()
+    assert lines == ["#SBATCH --time=01:00:00", "#SBATCH --qos=high"]
+    with pytest.raises(XdtError, match=r"^--qos: 'a b' is empty or contains spaces"):
+        with_qos(qos="a b").check()

@@ -219,11 +219,12 @@ class EvalConfig:
 
 
 def _slurm(default, help: str, *, step: bool = False, training: bool = False, minimum: int | None = None,
-           metavar: str | None = None, flag: str | None = None):
+           sbatch: bool = False, metavar: str | None = None, flag: str | None = None):
     """A field of SlurmResources. `step`: also a key of `slurm.<step>`; `training`: a flag of training jobs only;
-    `minimum`: the least value of an int; a list default makes a repeatable flag."""
-    meta = {"help": help, "step": step, "training": training, "minimum": minimum, "metavar": metavar,
-            "flag": flag or "--" + "{name}"}
+    `minimum`: the least value of an int; `sbatch`: given, it becomes the line `#SBATCH --<flag>=<value>` of every
+    script; a list default makes a repeatable flag."""
+    meta = {"help": help, "step": step, "training": training, "minimum": minimum, "sbatch": sbatch,
+            "metavar": metavar, "flag": flag or "--" + "{name}"}
     if isinstance(default, list):
         return field(default_factory=list, metadata=meta)
     return field(default=default, metadata=meta)
@@ -246,10 +247,11 @@ class SlurmResources:
                                  training=True, minimum=1)
     port: int | None = _slurm(None, "rendezvous port (default 10000 + job id %% 20000, below the ephemeral ports)",
                               training=True)
-    partition: str | None = _slurm(None, "partition (default: the cluster's)", step=True)
-    account: str | None = _slurm(None, "account to charge", step=True)
     # in YAML quoted: "04:00:00" (an unquoted 4:00:00 is read as a number of seconds)
-    time: str | None = _slurm(None, "time limit, e.g. 04:00:00 or 2-00:00:00 (default: the partition's)", step=True)
+    time: str | None = _slurm(None, "time limit, e.g. 04:00:00 or 2-00:00:00 (default: the partition's)", step=True,
+                              sbatch=True)
+    partition: str | None = _slurm(None, "partition (default: the cluster's)", step=True, sbatch=True)
+    account: str | None = _slurm(None, "account to charge", step=True, sbatch=True)
     job_name: str | None = _slurm(None, "job name (default: xdt-<command>-<output folder name>)")
     python: str | None = _slurm(None, "Python on the compute nodes with xdt installed (default: this one)")
     setup: list[str] = _slurm([], "shell line run before the launch, e.g. 'module load cuda' (repeatable)",

@@ -69,10 +69,11 @@ class Resources(SlurmResources):
                                f"({limit} s); the job would be told to save before it starts")
         if self.port is not None and not 1024 <= self.port <= 65535:
             raise XdtError(f"--port: expected 1024..65535, got {self.port}")
-        for flag, value in (("--partition", self.partition), ("--account", self.account),
-                            ("--job-name", self.job_name), ("--time", self.time)):
-            if value is not None and (not value or _UNSAFE.search(value)):
-                raise XdtError(f"{flag}: {value!r} is empty or contains spaces or shell characters")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if (f.metadata["sbatch"] or f.name == "job_name") and value is not None and (
+                    not value or _UNSAFE.search(value)):
+                raise XdtError(f"{slurm_flag(f)}: {value!r} is empty or contains spaces or shell characters")
         for item in self.env:
             name, eq, _ = item.partition("=")
             if not eq or not _ENV_NAME.match(name):
@@ -92,9 +93,8 @@ class Resources(SlurmResources):
 
     def common_values(self, python: str, cpu_env: list[str] | tuple[str, ...] = ()) -> dict[str, object]:
         """Placeholders every template shares. `cpu_env`: shell lines for CPU-only jobs, before the --env ones."""
-        optional = [f"#SBATCH --time={self.time}" if self.time else "",
-                    f"#SBATCH --partition={self.partition}" if self.partition else "",
-                    f"#SBATCH --account={self.account}" if self.account else ""]
+        optional = [f"#SBATCH {slurm_flag(f)}={getattr(self, f.name)}" for f in dataclasses.fields(self)
+                    if f.metadata["sbatch"] and getattr(self, f.name)]
         optional += [f"#SBATCH {opt}" for opt in self.sbatch_options]
         env = [] if self.gpus_per_node else ["export DS_ACCELERATOR=cpu", *cpu_env]
         for item in self.env:
