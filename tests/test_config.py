@@ -99,6 +99,8 @@ def test_override_into_list_items():
     (["student.embedding_size=512"], r"^student\.embedding_size: expected 1\.\.128"),
     (["student.preset=l6-h384", "student.hidden_size=300"], r"^student\.hidden_size: 300 contradicts student\.preset"),
     (["data.max_seq_length=0"], r"^data\.max_seq_length: expected a positive integer"),
+    (["threads=-1"], r"^threads: expected"),
+    (["threads=two"], r"^threads: expected"),
     (["seed"], r"'seed': expected an override of the form dotted\.key=value"),
     (["distill.strategy=null"], r"^stages: empty while distill\.strategy is null"),
 ])

@@ -290,6 +290,9 @@ class SlurmConfig:
 @dataclass
 class RunConfig:
     seed: int = 42
+    # torch's CPU threads per process; 0: torch's default (one per core). Small models gain nothing from more, and
+    # with other jobs on the cores the extra threads spin: the quickstart took 335 s of CPU on 2 under load, 34 s on 1
+    threads: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -503,6 +506,7 @@ RANGES = {
                      "distill.lr", "distill.temperature", "eval.batch_size", "deepspeed.gradient_accumulation_steps",
                      "tokenizer.mock_vocab_size", "data.mock.train_sentences", "data.mock.dev_sentences",
                      "data.mock.test_sentences"), _POSITIVE),
+    "threads": _NON_NEGATIVE,
     **dict.fromkeys(("teacher.epochs", "teacher.eval_every", "teacher.early_stopping_patience", "distill.epochs",
                      "distill.steps", "distill.representation_steps", "distill.warmup_steps", "distill.eval_every",
                      "data.limit", "data.dev_limit", "output.checkpoint_every", "output.keep_last",

@@ -209,6 +209,8 @@ def start_run(cfg: RunConfig, command: str, overwrite: bool = False):
     if overwrite and cfg.output.resume == "auto":
         raise ConfigError("output.resume: auto continues the run in output.dir, --overwrite starts it over; pass "
                           "one of them")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     init_distributed()
     data_dir, tokenizer, data = prepare(cfg)
     parts = run_parts(cfg, command)
