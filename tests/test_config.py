@@ -87,7 +87,7 @@ def test_override_into_list_items():
 
 @pytest.mark.parametrize("override, message", [
     (["student.hidden_sizee=256"], r"^student\.hidden_sizee: unknown key; expected one of preset, num_layers"),
-    (["nonsense=1"], r"^nonsense: unknown key; expected one of seed, data, tokenizer"),
+    (["nonsense=1"], r"^nonsense: unknown key; expected one of seed, threads, data, tokenizer"),
     (["student.hidden_size=abc"], r"^student\.hidden_size: expected int, got str 'abc'"),
     (["student.hidden_size=2.5"], r"^student\.hidden_size: expected int, got float 2\.5"),
     (["data.strict=maybe"], r"^data\.strict: expected bool, got str 'maybe'"),
