@@ -11,7 +11,7 @@ import dataclasses
 import json
 import sys
 
-from xdt.config import LABELED_FORMATS, SlurmResources, slurm_flag
+from xdt.config import LABELED_FORMATS, SLURM_STEPS, SlurmResources, SlurmStepConfig, slurm_flag
 from xdt.errors import XdtError
 
 
@@ -210,9 +210,9 @@ def add_slurm_parser(subparsers) -> None:
     pipe.add_argument("config", help="run config YAML")
     pipe.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, as for `xdt run`")
     pipe.add_argument("--step-resources", action="append", metavar="STEP:KEY=VALUE[,KEY=VALUE]",
-                      help="resources of one step (teacher, cache, distill, eval), keys as in slurm.<step>: nodes, "
-                           "gpus_per_node, cpus_per_task, ntasks_per_node, procs_per_node, time, partition, "
-                           "account; e.g. teacher:nodes=2,gpus_per_node=4,time=04:00:00 (repeatable)")
+                      help=f"resources of one step ({', '.join(SLURM_STEPS)}), keys as in slurm.<step>: "
+                           f"{', '.join(f.name for f in dataclasses.fields(SlurmStepConfig))}; e.g. "
+                           "teacher:nodes=2,gpus_per_node=4,time=04:00:00 (repeatable)")
     pipe.add_argument("--eval-shards", type=int, help="evaluation array tasks (default: slurm.eval_shards, 1)")
     _add_resource_args(pipe, training=True)
     # no defaults here: a flag not given leaves each step to its config keys and then to SlurmResources' defaults
