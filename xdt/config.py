@@ -224,7 +224,7 @@ def _slurm(default, help: str, *, step: bool = False, training: bool = False, mi
     `minimum`: the least value of an int; `sbatch`: given, it becomes the line `#SBATCH --<flag>=<value>` of every
     script; a list default makes a repeatable flag."""
     meta = {"help": help, "step": step, "training": training, "minimum": minimum, "sbatch": sbatch,
-            "metavar": metavar, "flag": flag or "--" + "{name}"}
+            "metavar": metavar, "flag": flag}
     if isinstance(default, list):
         return field(default_factory=list, metadata=meta)
     return field(default=default, metadata=meta)
@@ -263,7 +263,7 @@ class SlurmResources:
 
 def slurm_flag(f: dataclasses.Field) -> str:
     """The command-line flag of a SlurmResources field."""
-    return f.metadata["flag"].format(name=f.name.replace("_", "-"))
+    return f.metadata["flag"] or "--" + f.name.replace("_", "-")
 
 
 # What one step of `xdt slurm pipeline` asks for: the `step` fields of SlurmResources, each None by default (a null
