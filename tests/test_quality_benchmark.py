@@ -106,12 +106,16 @@ def test_generated_configs_and_commands_parse(quality, tmp_path):
     finetuned = str(args.work / "a" / "teacher_run" / "teacher")
     cache = a["a/cache"]
     assert cache.distill.strategy == "D4.2" and cache.data.transfer.endswith("train-en.tsv")
+    assert args.seed_list == [42, 7, 1]
     for preset in quality.PRESETS:
-        cfg = a[f"a/distill/{preset}"]
+        for seed in args.seed_list:  # every preset at every seed, on one teacher and one cache
+            cfg = a[f"a/distill/{preset}/s{seed}"]
+            assert cfg.seed == seed and cfg.output.dir.endswith(f"students/{preset}/s{seed}")
         assert cfg.distill.strategy == preset and cfg.teacher.model == finetuned == cfg.tokenizer.path
         assert cfg.distill.teacher_cache == cache.distill.teacher_cache  # one cache for every preset
         assert cfg.distill.steps == (20 if preset == "D0-S" else 4)  # head, 2 layers, projection, embeddings
-        assert cfg.output.dir.endswith(f"students/{preset}")
+        # fair to D0-S: a dev evaluation after as many steps as a staged preset's unfreeze step, its own rate
+        assert (cfg.distill.eval_every, cfg.distill.lr) == ((4, args.a_d0_lr) if preset == "D0-S" else (0, args.a_lr))
         assert (cfg.student.num_layers, cfg.student.hidden_size, cfg.student.embedding_size) == (2, 384, 64)
         assert cfg.student.embedding_init == "teacher" and cfg.distill.layer_map == [-1, 3, 6]
         assert cfg.data.transfer.endswith("train-en.tsv") and cfg.data.limit == 200
@@ -127,7 +131,9 @@ def test_generated_configs_and_commands_parse(quality, tmp_path):
     assert plain.sources[0].kind == "labeled" and plain.sources[0].langs == ["en", "ar", "hi"]
     assert plain.sampling.max_per_lang == args.b_transfer
     for variant, kind in (("D0-S", "plain"), ("D4.2", "plain"), ("D4.2+codeswitch", "codeswitch")):
-        cfg = b[f"b/distill/{variant}"]
+        assert {b[f"b/distill/{variant}/s{seed}"].seed for seed in args.seed_list} == set(args.seed_list)
+        cfg = b[f"b/distill/{variant}/s42"]
+        assert cfg.distill.lr == (args.b_d0_lr if variant == "D0-S" else args.b_lr)
         assert cfg.data.limit == 500 and cfg.distill.strategy == variant.split("+")[0]
         assert cfg.teacher.model == str(args.work / "b" / "teacher_run" / "teacher")
         assert cfg.distill.steps == (args.b_steps * 7 if variant == "D0-S" else args.b_steps)
@@ -224,3 +230,50 @@ def test_resume_reruns_a_step_whose_input_ran_again(quality, tmp_path, no_subpro
     (args.work / "steps" / step.marker_name).write_text(json.dumps({"argv": step.argv, "seconds": 3.0}))
     with pytest.raises(AssertionError, match="started a process"):
         quality.run_step(step, args, Path("xdt"), {}, rerun={"a/export/D4.2"})
+
+
+def test_lr_grid_plans_dev_only_runs_and_chooses_the_best_rate(quality, tmp_path):
+    args = quality.parse_args(["--work", str(tmp_path / "w"), "--lr-grid", "3e-4,1e-3", "--steps", "4",
+                               "--langs", "en,hi"])
+    assert args.lr_grid == [3e-4, 1e-3] and args.results.name == "quality-lr-grid"
+    quality.prepare_work(args)
+    plans = {"a": quality.plan_track_a(args, _teacher_folder(tmp_path)), "b": quality.plan_track_b(args)}
+    names = [s.name for plan in plans.values() for s in plan.steps]
+    assert not [n for n in names if "/eval/" in n or "/export/" in n or "codeswitch" in n]  # nothing on test
+    grid = [n for n in names if "/grid/" in n]
+    assert grid == [f"{t}/grid/{v}/lr{lr}" for t in "ab" for v in ("D0-S", "D4.2") for lr in ("0.0003", "0.001")]
+    step = next(s for s in plans["a"].steps if s.name == "a/grid/D0-S/lr0.0003")
+    assert "distill.lr=0.0003" in step.argv and "seed=42" in step.argv and "distill.eval_every=4" in step.argv
+    assert sum(a.startswith("distill.lr=") for a in step.argv) == 1
+    for plan, dev in ((plans["a"], {0.0003: 50.0, 0.001: 61.5}), (plans["b"], {0.0003: 40.25, 0.001: 39.0})):
+        for variant in ("D0-S", "D4.2"):
+            for lr, f1 in dev.items():
+                run = plan.paths[f"grid/{variant}/{lr:g}"]
+                run.mkdir(parents=True)
+                rows = [{"step": 4, "distill/dev_f1": f1 - 3}, {"step": 8, "distill/dev_f1": f1}]
+                (run / "distill.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    grid = quality.results_grid(args, plans)
+    assert grid["track_a"]["D0-S"]["dev_f1"] == {"0.0003": 50.0, "0.001": 61.5}
+    assert grid["track_a"]["D4.2"]["chosen_lr"] == 1e-3 and grid["track_b"]["D0-S"]["chosen_lr"] == 3e-4
+    assert "| A | D0-S | 50.00 | 61.50 | 0.001 |" in "\n".join(quality.grid_markdown(grid))
+
+
+@pytest.mark.parametrize("argv", [["--lr-grid", "1e-3,x"], ["--lr-grid", "0"], ["--lr-grid", "1e-3", "--tracks", "c"],
+                                  ["--a-d0-lr", "0"]])
+def test_bad_lr_flags(quality, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        quality.parse_args(argv)
+    assert exit_info.value.code == 2
+
+
+def test_seed_statistics_and_the_papers_ordering(quality):
+    stats = quality.seed_stats({42: 58.0, 7: 60.0, 1: 62.0})
+    assert stats == {"f1": 60.0, "f1_std": 2.0, "f1_seeds": {"42": 58.0, "7": 60.0, "1": 62.0}}
+    d0 = quality.seed_stats({42: 55.0, 7: 55.0, 1: 55.0})
+    assert quality.beyond_noise(stats, d0) == (5.0, round(2 * (2.0 ** 2 / 2) ** 0.5, 2))  # 2 * sqrt(mean var)
+    students = {"D0-S": d0, "D1": quality.seed_stats({42: 54.0, 7: 54.5, 1: 55.5}), "D4.2": stats}
+    order = {o["paper"]: o for o in quality.paper_ordering(students)}
+    assert list(order) == ["D0-S < D1", "D0-S < D4.2", "D1 < D4.2"]  # Table 3 ranks D0-S < D1 < D4.2
+    assert order["D0-S < D4.2"]["result"] == "holds"  # +5.00 against 2 x 1.41
+    assert order["D0-S < D1"]["result"] == "within noise"  # -0.33 against 2 x 0.54
+    assert order["D1 < D4.2"]["gap"] == 5.33
