@@ -48,7 +48,8 @@ from xdt.deploy.onnx_predictor import ONNX_FILE, OnnxTokenClassifier, is_onnx_fo
 from xdt.deploy.source import no_progress_bars  # noqa: E402
 from xdt.outputs import folder_bytes  # noqa: E402
 from xdt.deploy.trim import trim_model  # noqa: E402
-from xdt.eval.run import EvalOptions, evaluate  # noqa: E402
+from xdt.eval.options import EvalOptions  # noqa: E402
+from xdt.eval.run import evaluate  # noqa: E402
 from bench_common import LoadWatch  # noqa: E402  (benchmarks/, the script's own folder)
 
 DATA = ROOT.parent / "shared" / "data"

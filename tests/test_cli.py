@@ -111,3 +111,43 @@ def test_export_refuses_a_non_empty_out_and_a_folder_without_a_model(tmp_path, c
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "new")]) == 2
     assert "no HF model folder here" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("command,options", [("eval", "xdt.eval.options:EvalOptions"),
+                                             ("export", "xdt.deploy.options:ExportOptions"),
+                                             ("trim", "xdt.deploy.options:TrimOptions")])
+def test_every_option_field_is_one_flag_and_comes_back_parsed(command, options):
+    """A field of the option dataclass is the whole declaration: its flag, help and parser reach argparse, and the
+    parsed command line comes back as the dataclass, each text read by the field's own parser."""
+    import dataclasses
+    import importlib
+
+    from xdt.cli import build_parser
+    from xdt.options import flag_fields, options_from
+
+    module, _, name = options.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    samples = {"langs": ("de,en", ["de", "en"]), "shard": ("1/4", (1, 4))}
+    argv, positional, expected = [command], [], {}
+    for f in flag_fields(cls):
+        m = f.metadata
+        assert m["help"], f"{name}.{f.name}: no help text"
+        flag = m["flag"] or "--" + f.name.replace("_", "-")
+        if m["switch"]:
+            argv.append(flag)
+            expected[f.name] = not f.default
+            continue
+        text, value = samples.get(f.name, (m["choices"][-1], m["choices"][-1]) if m["choices"] else
+                                  {int: ("3", 3), float: ("0.5", 0.5)}.get(m["type"], (f"v-{f.name}", f"v-{f.name}")))
+        if m["positional"]:
+            positional.append(text)
+        elif m["repeat"]:
+            argv += [flag, text, flag, text + "2"]
+            value = [value, value + "2"]
+        else:
+            argv += [flag, text]
+        expected[f.name] = value
+    args = build_parser().parse_args(argv + positional)
+    opts = options_from(cls, args)
+    assert {k: getattr(opts, k) for k in expected} == expected
+    assert len(expected) == len(dataclasses.fields(cls))  # every field is a flag

@@ -75,7 +75,8 @@ def onnx_folders(mock) -> dict[str, Path]:
 
 
 def run_eval(model: Path, data: Path, out: Path, **kw) -> dict:
-    from xdt.eval.run import EvalOptions, evaluate
+    from xdt.eval.options import EvalOptions
+    from xdt.eval.run import evaluate
 
     return evaluate(EvalOptions(model=str(model), data=[str(data)], out=str(out), progress=False, **kw))
 

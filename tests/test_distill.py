@@ -12,8 +12,7 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from xdt.config import load_config
-from xdt.distill.strategies import STRATEGIES, resolve_stages
+from xdt.config import STRATEGIES, load_config
 from xdt.distill.train import distill
 from xdt.distill.unfreeze import UnfreezePlan
 from xdt.engine.checkpoint import Checkpointer
@@ -100,7 +99,7 @@ def test_every_table3_strategy_runs_its_losses_fall_and_its_student_learns(mock_
     cfg = load_config(None, [*SMALL, f"data.cache_dir={tmp_path}", f"distill.strategy={strategy}", *LEARNS])
     teacher, student = _models(cfg, data, trained_teacher)
     result = distill(cfg, data, teacher, student, tmp_path)
-    stages = resolve_stages(cfg)
+    stages = cfg.stages
     assert sorted({h["stage"] for h in result.history}) == list(range(len(stages)))
     losses = defaultdict(list)
     for record in read_metrics(tmp_path / "distill.jsonl"):

@@ -27,7 +27,8 @@ from xdt.errors import XdtError  # noqa: E402
 from xdt.cli import main as eval_main  # noqa: E402
 from xdt.eval.merge import merge_reports  # noqa: E402
 from xdt.eval.report import read_predictions  # noqa: E402
-from xdt.eval.run import EvalOptions, evaluate  # noqa: E402
+from xdt.eval.options import EvalOptions  # noqa: E402
+from xdt.eval.run import evaluate  # noqa: E402
 from xdt.eval.scoring import score  # noqa: E402
 from xdt.eval.suites import default_reference, load_suite  # noqa: E402
 

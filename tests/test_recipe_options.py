@@ -16,9 +16,8 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from xdt.config import StudentConfig, TeacherConfig, load_config
+from xdt.config import STRATEGIES, RunConfig, StudentConfig, TeacherConfig, load_config
 from xdt.distill.losses import DistillLoss, attention_loss
-from xdt.distill.strategies import STRATEGIES, resolve_stages
 from xdt.errors import ConfigError
 from xdt.models import build_student, build_teacher, svd_compress
 
@@ -37,16 +36,16 @@ def _tiny_student(**kw) -> StudentConfig:
 @pytest.mark.parametrize("kind", ["mse", "kl"])
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_attention_loss_adds_the_term_beside_hidden_in_every_preset(strategy, kind):
-    plain = resolve_stages(load_config(None, [f"distill.strategy={strategy}"], check=False))
+    plain = load_config(None, [f"distill.strategy={strategy}"], check=False).stages
     assert not any("attention" in s.losses for s in plain)  # off by default: the presets as the paper
     overrides = [f"distill.strategy={strategy}", f"distill.attention_loss={kind}"]
     if not any(s.losses.get("hidden", 0) > 0 for s in plain):  # D0-S, D1: nothing to add the term to
         with pytest.raises(ConfigError, match=r"^distill\.attention_loss: .*no representation \(hidden\) stage"):
             load_config(None, overrides)
         with pytest.raises(ConfigError, match=r"^distill\.attention_loss"):
-            resolve_stages(load_config(None, overrides, check=False))
+            load_config(None, overrides, check=False)  # checked when the preset is expanded, paths or not
         return
-    stages = resolve_stages(load_config(None, overrides))
+    stages = load_config(None, overrides).stages
     assert [s.name for s in stages] == [s.name for s in plain]
     for before, after in zip(plain, stages):
         if before.losses.get("hidden", 0) > 0:
@@ -55,10 +54,21 @@ def test_attention_loss_adds_the_term_beside_hidden_in_every_preset(strategy, ki
             assert after.losses == before.losses
 
 
+def test_the_preset_is_expanded_into_stages_once_when_the_config_is_built():
+    cfg = load_config(None, ["distill.strategy=D3.2", "distill.steps=7", "distill.lr=0.002"])
+    assert [(s.name, s.data, s.losses, s.gradual_unfreeze, s.steps, s.lr) for s in cfg.stages] == [
+        ("representations", "transfer", {"hidden": 1.0}, False, 7, 0.002),
+        ("logits+labels", "both", {"logits": 1.0, "labels": 1.0}, True, 7, 0.002)]
+    assert [s.name for s in RunConfig().stages] == ["representations", "logits", "labels"]  # D4.2, built directly
+    # the preset's stages are not explicit ones: a strategy turned off without stages is still refused
+    with pytest.raises(ConfigError, match=r"^stages: empty while distill.strategy is null"):
+        load_config(None, ["distill.strategy=null"])
+
+
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_representation_steps_budget_the_representation_stage_alone(strategy):
-    stages = resolve_stages(load_config(None, [f"distill.strategy={strategy}", "distill.steps=60",
-                                               "distill.representation_steps=300"]))
+    stages = load_config(None, [f"distill.strategy={strategy}", "distill.steps=60",
+                                               "distill.representation_steps=300"]).stages
     assert [s.steps for s in stages] == [300 if s.name == "representations" else 60 for s in stages]
     assert any(s.steps == 300 for s in stages) == strategy.startswith(("D3", "D4"))
     with pytest.raises(ConfigError, match=r"^distill\.representation_steps: expected"):
@@ -67,23 +77,22 @@ def test_representation_steps_budget_the_representation_stage_alone(strategy):
 
 def test_explicit_stages_without_an_attention_weight_are_refused():
     stages = "stages=[{name: reps, losses: {hidden: 1.0}}, {name: logits, losses: {logits: 1.0}}]"
-    for check in (True, False):  # at load time, and for a config built without the checks
+    for check in (True, False):  # at load time, with or without the other checks
         with pytest.raises(ConfigError, match=r"^distill\.attention_loss: is 'kl' but no stage of `stages` gives "
                                               r"the attention term a positive weight; add `attention: 1\.0`"):
-            cfg = load_config(None, ["distill.strategy=null", stages, "distill.attention_loss=kl"], check=check)
-            resolve_stages(cfg)
+            load_config(None, ["distill.strategy=null", stages, "distill.attention_loss=kl"], check=check)
     with pytest.raises(ConfigError, match=r"^distill\.attention_loss"):  # weight 0 does not count
         load_config(None, ["distill.strategy=null", "distill.attention_loss=mse",
                            "stages=[{name: reps, losses: {hidden: 1.0, attention: 0.0}}]"])
     cfg = load_config(None, ["distill.strategy=null", "distill.attention_loss=mse",
                              "stages=[{name: reps, losses: {hidden: 1.0, attention: 0.5}}]"])
-    assert resolve_stages(cfg)[0].losses == {"hidden": 1.0, "attention": 0.5}  # explicit stages are kept as given
+    assert cfg.stages[0].losses == {"hidden": 1.0, "attention": 0.5}  # explicit stages are kept as given
 
 
 @pytest.mark.parametrize("kind", ["mse", "kl"])
 def test_preset_representation_stage_computes_a_nonzero_attention_term(kind):
     cfg = load_config(None, ["distill.strategy=D4.2", f"distill.attention_loss={kind}"])
-    stage = resolve_stages(cfg)[0]
+    stage = cfg.stages[0]
     torch.manual_seed(0)
     teacher = build_teacher(TeacherConfig(num_layers=4, hidden_size=32, num_heads=4, intermediate_size=64),
                             vocab_size=VOCAB, labels=LABELS, attn_implementation="eager").eval()

@@ -262,7 +262,8 @@ def eval_data(tmp_path_factory) -> Path:
 
 
 def _shard(model: str, data: Path, out: Path, index: int) -> dict:
-    from xdt.eval.run import EvalOptions, evaluate
+    from xdt.eval.options import EvalOptions
+    from xdt.eval.run import evaluate
 
     return evaluate(EvalOptions(model=model, data=[str(data)], out=str(out), shard=(index, 2), progress=False))
 

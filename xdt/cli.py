@@ -14,7 +14,9 @@ from pathlib import Path
 
 from xdt import __version__
 from xdt.config import DATA_FORMATS
+from xdt.deploy.options import ExportOptions, TrimOptions
 from xdt.errors import SYMLINK_LOOP, Preempted, XdtError, is_symlink_loop
+from xdt.options import add_options, options_from
 
 # Subcommands that later releases fill in; named now so that scripts and docs can rely on them.
 QUICKSTART = "configs/quickstart.yaml"
@@ -91,20 +93,19 @@ def _distill(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from xdt.models.export import export_model, export_source
 
-    if args.format == "onnx":
+    opts = options_from(ExportOptions, args)
+    if opts.format == "onnx":
         from xdt.deploy.onnx_export import export_onnx, summary_line
-        from xdt.languages import parse_langs
 
-        manifest = export_onnx(args.checkpoint, args.out, quantize=args.quantize, tokenizer=args.tokenizer,
-                               data=args.data, langs=parse_langs(args.langs), split=args.split,
-                               tolerance=args.tolerance, int8_min_agreement=args.int8_min_agreement,
-                               overwrite=args.overwrite)
+        manifest = export_onnx(opts.checkpoint, opts.out, quantize=opts.quantize, tokenizer=opts.tokenizer,
+                               data=opts.data or None, langs=opts.langs, split=opts.split, tolerance=opts.tolerance,
+                               int8_min_agreement=opts.int8_min_agreement, overwrite=opts.overwrite)
         print(summary_line(manifest))
         return 0
-    if args.quantize or args.data:
+    if opts.quantize or opts.data:
         raise XdtError("--quantize and --data belong to --format onnx (the HF export is the fp32 model itself)")
-    out = export_model(args.checkpoint, args.out, args.tokenizer, args.overwrite)
-    source, tagged = export_source(args.checkpoint)  # a run folder: its best dev model, as `xdt run` exports
+    out = export_model(opts.checkpoint, opts.out, opts.tokenizer, opts.overwrite)
+    source, tagged = export_source(opts.checkpoint)  # a run folder: its best dev model, as `xdt run` exports
     what = (f"DeepSpeed checkpoint {source}" if tagged else
             f"{source} (the run's best dev model)" if source.name == "student_best" else str(source))
     print(f"exported {what} -> {out}")
@@ -113,11 +114,11 @@ def _export(args: argparse.Namespace) -> int:
 
 def _trim(args: argparse.Namespace) -> int:
     from xdt.deploy.trim import summary_line, trim_model
-    from xdt.languages import parse_langs
 
-    report = trim_model(args.model, args.data, args.out, langs=parse_langs(args.langs), split=args.split,
-                        fmt=args.format, floor=args.floor, floor_min_share=args.floor_min_share,
-                        tokenizer=args.tokenizer, overwrite=args.overwrite)
+    opts = options_from(TrimOptions, args)
+    report = trim_model(opts.model, opts.data, opts.out, langs=opts.langs, split=opts.split, fmt=opts.format,
+                        floor=opts.floor, floor_min_share=opts.floor_min_share, tokenizer=opts.tokenizer,
+                        overwrite=opts.overwrite)
     print(json.dumps(report, ensure_ascii=False) if args.json else summary_line(report))
     return 0
 
@@ -252,22 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill.set_defaults(func=_distill)
 
     export = sub.add_parser("export", help="a trained student as a standard HF folder (safetensors + tokenizer)")
-    export.add_argument("checkpoint", help="run output folder, checkpoint folder or HF model folder")
-    export.add_argument("--out", required=True, help="folder to write (must not exist unless --overwrite)")
-    export.add_argument("--tokenizer", help="tokenizer folder, when the checkpoint holds none")
-    export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    export.add_argument("--format", choices=["hf", "onnx"], default="hf",
-                        help="hf: safetensors folder (default); onnx: model.onnx for onnxruntime, checked against "
-                             "PyTorch (from an HF folder or a run folder; export a DeepSpeed checkpoint to hf first)")
-    export.add_argument("--quantize", choices=["int8"], help="onnx: dynamic int8 quantization (onnxruntime)")
-    export.add_argument("--data", action="append", metavar="PATH",
-                        help="onnx: also check parity on the first sentences per language of this WikiAnn path")
-    export.add_argument("--langs", help="onnx: languages of --data (default: every language found)")
-    export.add_argument("--split", default="test", help="onnx: split of --data (test)")
-    export.add_argument("--tolerance", type=float, default=1e-4,
-                        help="onnx: refuse when the fp32 graph's max |logit diff| from PyTorch exceeds this (1e-4)")
-    export.add_argument("--int8-min-agreement", type=float, default=0.95,
-                        help="onnx int8: refuse below this argmax agreement with PyTorch (0.95)")
+    add_options(export, ExportOptions)
     export.set_defaults(func=_export)
 
     trim = sub.add_parser(
@@ -275,19 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A token-classification model folder + a corpus -> a new HF folder whose tokenizer and "
                     "word-embedding rows keep the pieces the corpus uses, the special tokens and a floor of single "
                     "characters of the scripts served. Every corpus word keeps its tokenization (checked).")
-    trim.add_argument("model", help="HF token-classification folder (student or teacher) or run folder")
-    trim.add_argument("--data", action="append", required=True, metavar="PATH",
-                      help="corpus: WikiAnn folder or file in any supported layout, or text; repeat for several")
-    trim.add_argument("--langs", help="comma-separated languages to keep (default: every language found)")
-    trim.add_argument("--split", help="train, dev or test (default: every split found)")
-    trim.add_argument("--format", choices=DATA_FORMATS, help="default: detected")
-    trim.add_argument("--floor", choices=["chars", "none"], default="chars",
-                      help="chars (default): also keep every single-character piece of the scripts served")
-    trim.add_argument("--floor-min-share", type=float, default=0.001,
-                      help="a script is served when it has at least this share of the corpus's characters (0.001)")
-    trim.add_argument("--tokenizer", help="tokenizer folder, when the model folder holds none")
-    trim.add_argument("--out", required=True, help="folder to write (must not exist or be empty unless --overwrite)")
-    trim.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    add_options(trim, TrimOptions)
     trim.add_argument("--json", action="store_true", help="print the full report (also written as OUT/trim.json)")
     trim.set_defaults(func=_trim)
 

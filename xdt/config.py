@@ -24,7 +24,11 @@ import yaml
 from xdt.assets import project_root
 from xdt.errors import SYMLINK_LOOP, ConfigError, XdtError, is_symlink_loop
 
-# The paper's strategies (XtremeDistil, ACL 2020, Table 3); xdt.distill.strategies expands them into stages
+# The paper's strategies (XtremeDistil, ACL 2020, Table 3), expanded into `stages` once, when a RunConfig is built.
+# Representations and logits are learnt on the transfer set (unlabeled), labels on the labeled data; a joint stage
+# (data: both) takes one batch of each per step. `distill.attention_loss` adds an attention term of weight 1 beside
+# every preset `hidden` term (the paper's optional attention loss in S1).
+Strategy = Literal["D0-S", "D1", "D2", "D3.1", "D3.2", "D4.1", "D4.2"]
 STRATEGIES: dict[str, list[tuple[str, str, dict[str, float], bool]]] = {
     # name: [(stage name, data, loss weights, gradual unfreeze)]
     "D0-S": [("labels", "labeled", {"labels": 1.0}, False)],
@@ -41,6 +45,7 @@ STRATEGIES: dict[str, list[tuple[str, str, dict[str, float], bool]]] = {
              ("logits", "transfer", {"logits": 1.0}, True),
              ("labels", "labeled", {"labels": 1.0}, True)],
 }
+assert tuple(STRATEGIES) == typing.get_args(Strategy)
 
 # The data formats of xdt.data.readers (text: unlabeled); every list of them (config types, flags) is this one
 DataFormat = Literal["xtreme", "raw", "xtremedistil", "hf", "text"]
@@ -155,7 +160,7 @@ class StageConfig:
 
 @dataclass
 class DistillConfig:
-    strategy: Literal["D0-S", "D1", "D2", "D3.1", "D3.2", "D4.1", "D4.2"] | None = "D4.2"  # None: use `stages`
+    strategy: Strategy | None = "D4.2"  # None: the explicit `stages`
     layer_map: Literal["top", "uniform"] | list[int] = "top"
     logit_loss: Literal["mse", "kl"] = "mse"
     temperature: float = 1.0
@@ -298,12 +303,33 @@ class RunConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
-    stages: list[StageConfig] = field(default_factory=list)  # explicit stages; used when distill.strategy is None
+    stages: list[StageConfig] = field(default_factory=list)  # explicit when distill.strategy is None, else its own
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     # `xdt slurm pipeline` only; not part of what a run computes
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+
+    def __post_init__(self) -> None:  # every reader takes `stages`: the preset is expanded here, once
+        check_attention_loss(self.distill, self.stages)
+        if self.distill.strategy is not None:
+            self.stages = strategy_stages(self.distill.strategy, self.distill)
+
+
+def strategy_stages(name: str, distill: DistillConfig) -> list[StageConfig]:
+    """A preset's stages with the distill section's budget, rate, schedule and attention term."""
+    def losses(terms: dict[str, float]) -> dict[str, float]:
+        add = distill.attention_loss != "none" and terms.get("hidden", 0) > 0
+        return {**terms, "attention": 1.0} if add else dict(terms)
+
+    def steps(stage: str) -> int:
+        return distill.representation_steps if stage == "representations" and distill.representation_steps \
+            else distill.steps
+
+    return [StageConfig(name=stage, data=data, losses=losses(terms), epochs=distill.epochs, steps=steps(stage),
+                        gradual_unfreeze=gradual, lr=distill.lr, schedule=distill.schedule,
+                        warmup_steps=distill.warmup_steps)
+            for stage, data, terms, gradual in STRATEGIES[name]]
 
 
 # --------------------------------------------------------------------------------------------- building
@@ -447,7 +473,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             explicit_student |= set(data["student"])
     if overrides:
         # overrides address the defaults too (`stages.0.lr` needs the list to exist): start from the full tree
-        full = to_dict(build(RunConfig, data))
+        built = build(RunConfig, data)
+        full = to_dict(built)
+        if built.distill.strategy is not None:  # its preset's stages: `distill.strategy=null` must not inherit them
+            full["stages"] = data.get("stages", [])
         for override in overrides:
             apply_override(full, override)
             if override.startswith("student."):
@@ -574,7 +603,6 @@ def check_config(cfg: RunConfig) -> None:
     if cfg.distill.teacher_cache and cfg.distill.attention_loss != "none":
         raise ConfigError("distill.teacher_cache: attention maps are not cached; set distill.attention_loss: none "
                           "or run the teacher on the fly (distill.teacher_cache: null)")
-    check_attention_loss(cfg.distill, cfg.stages)
     if cfg.data.task == "sequence":
         for key, value in (("data.path", cfg.data.path), ("tokenizer.path", cfg.tokenizer.path)):
             if value == MOCK:

@@ -112,7 +112,6 @@ def check_run(cfg: RunConfig, data, data_dir: Path, parts: list[str], evaluate: 
     as each engine fills it, epochs, and that every language of data.langs has data."""
     from transformers import BertConfig
 
-    from xdt.distill.strategies import resolve_stages
     from xdt.engine.distributed import world_size
     from xdt.engine.ds_config import build_ds_config
     from xdt.errors import ConfigError
@@ -155,7 +154,7 @@ def check_run(cfg: RunConfig, data, data_dir: Path, parts: list[str], evaluate: 
                                               student_shape(cfg.student).hidden_size)
         build_ds_config(cfg.deepspeed, cfg.distill.batch_size, world_size(), student_hidden)
         teacher_layers = tcfg.num_hidden_layers
-        if cfg.distill.teacher_cache or any(s.losses.get("hidden", 0) > 0 for s in resolve_stages(cfg)):
+        if cfg.distill.teacher_cache or any(s.losses.get("hidden", 0) > 0 for s in cfg.stages):
             resolve_layer_map(cfg.distill.layer_map, student_layers, teacher_layers)
         if cfg.student.embedding_init == "teacher" and not cfg.student.init_from:
             teacher_layers_to_copy(cfg.distill.layer_map, student_layers, teacher_layers)  # as distill_step copies
@@ -307,7 +306,6 @@ def distill_step(cfg: RunConfig, data, teacher_dir: Path, out: Path) -> dict:
     from transformers import AutoConfig
 
     from xdt.distill.classify import loop_kwargs
-    from xdt.distill.strategies import resolve_stages
     from xdt.distill.teacher_cache import TeacherCache, teacher_weights_hash
     from xdt.distill.teacher_train import teacher_device_dtype
     from xdt.distill.train import cached_layers, check_cross_tokenizer, distill, stage_reads_cache
@@ -327,7 +325,7 @@ def distill_step(cfg: RunConfig, data, teacher_dir: Path, out: Path) -> dict:
         layers = cached_layers(cfg, cfg.student.num_layers, tcfg.num_hidden_layers)
         cache = TeacherCache.open(cfg.distill.teacher_cache, teacher_hash=teacher_weights_hash(teacher_dir),
                                   layers_needed=layers, **cache_keys(cfg, data))
-    needs_live = any(s.losses.get(t, 0) > 0 for s in resolve_stages(cfg) if not stage_reads_cache(s, cache, cfg)
+    needs_live = any(s.losses.get(t, 0) > 0 for s in cfg.stages if not stage_reads_cache(s, cache, cfg)
                      for t in TEACHER_TERMS)
     svd = cfg.student.embedding_init in ("svd", "pca") and not cfg.student.init_from
     cut = cfg.student.embedding_init == "teacher" and not cfg.student.init_from
@@ -367,7 +365,8 @@ def distill_step(cfg: RunConfig, data, teacher_dir: Path, out: Path) -> dict:
 
 
 def evaluate_step(cfg: RunConfig, student_dir: Path, teacher_dir: Path, data_dir: Path, out: Path) -> dict:
-    from xdt.eval.run import EvalOptions, evaluate
+    from xdt.eval.options import EvalOptions
+    from xdt.eval.run import evaluate
 
     opts = EvalOptions(model=str(student_dir), teacher=str(teacher_dir), data=[str(data_dir)], out=str(out),
                        suite=cfg.eval.suite, langs=None if cfg.eval.suite else cfg.data.langs,

@@ -29,7 +29,6 @@ from xdt.distill.data import TaskData
 from xdt.distill.losses import DistillLoss, HiddenProjector
 from xdt.distill.optim import make_optimizer, make_scheduler
 from xdt.distill.selection import dev_score
-from xdt.distill.strategies import resolve_stages
 from xdt.distill.teacher_cache import TeacherCache
 from xdt.distill.unfreeze import UnfreezePlan, keep_frozen_names
 from xdt.engine.distributed import init_distributed, is_main, rank, world_size
@@ -129,7 +128,7 @@ def cached_layers(cfg: RunConfig, student_layers: int, teacher_layers: int) -> l
     """Teacher hidden states the cache must hold: `distill.cache_layers`, or those the layer map pairs."""
     if cfg.distill.cache_layers is not None:
         return sorted(cfg.distill.cache_layers)
-    if not any(s.losses.get("hidden", 0) > 0 for s in resolve_stages(cfg)):
+    if not any(s.losses.get("hidden", 0) > 0 for s in cfg.stages):
         return []
     return sorted({t for _, t in resolve_layer_map(cfg.distill.layer_map, student_layers, teacher_layers)
                    if t >= 0})
@@ -167,7 +166,7 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
     init_distributed()
     out_dir = Path(out_dir)
     tokenizer = data.tokenizer
-    stages = resolve_stages(cfg)
+    stages = cfg.stages
     tcfg = teacher.config if teacher is not None else teacher_config
     bs, world, accum = cfg.distill.batch_size, world_size(), cfg.deepspeed.gradient_accumulation_steps
     ds_config = build_ds_config(cfg.deepspeed, bs, world, student.config.hidden_size)

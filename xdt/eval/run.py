@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -17,6 +17,7 @@ from xdt.engine.safe_load import check_safetensors
 from xdt.errors import XdtError
 from xdt.eval.data import EvalData, load_eval_data
 from xdt.eval.model import LoadedModel, check_labels, load_model, trained_window
+from xdt.eval.options import EvalOptions
 from xdt.eval.predict import predict_label_ids, to_label_names
 from xdt.eval.report import finalize, language_entry, write_all, write_predictions
 from xdt.eval.scoring import score
@@ -25,46 +26,6 @@ from xdt.outputs import check_out, staged_folder
 
 REFERENCE_NAME = "XtremeDistil (ACL 2020) Table 17"
 DEFAULT_WINDOW = 128  # sub-words per window of a model that does not record the one it was trained with
-
-
-@dataclass
-class EvalOptions:
-    model: str
-    data: list[str]
-    out: str
-    teacher: str | None = None
-    compare: str | None = None  # a report.json whose per-language F1 is the teacher column
-    suite: str | None = None
-    langs: list[str] | None = None
-    split: str | None = None  # default: the suite's split, else test
-    format: str | None = None
-    scheme: str | None = None  # strict-mode scheme; default: the suite's, else IOB2
-    tokenizer: str | None = None
-    teacher_tokenizer: str | None = None
-    batch_size: int = 64
-    # sub-words per window; None: the window the model was trained with (its config.json's xdt_max_seq_length),
-    # else DEFAULT_WINDOW. The teacher column is scored with the same windows.
-    max_seq_length: int | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    precision: str = "auto"  # CPU BERT forward: auto (bf16 + fp32 re-check where the CPU has bf16), fp32, bf16
-    shard: tuple[int, int] | None = None  # (index, count), index 0-based
-    allow_missing: bool = False
-    max_sentences: int | None = None  # first N sentences per language (quick checks); recorded in the report
-    cache_dir: str | None = None  # aligned-feature cache; None: no cache
-    progress: bool = True
-    threads: int | None = None  # torch intra-op threads for CPU inference; None: torch's default
-    overwrite: bool = False  # replace a non-empty `out` (never one that is, holds or lies in an input)
-
-
-def parse_shard(spec: str) -> tuple[int, int]:
-    try:
-        index, count = (int(x) for x in spec.split("/"))
-    except ValueError:
-        raise XdtError(f"--shard {spec!r}: expected i/n, e.g. 0/4 (0-based index i < n)") from None
-    if count < 1 or not 0 <= index < count:
-        raise XdtError(f"--shard {spec!r}: expected 0 <= i < n (0-based, as $SLURM_ARRAY_TASK_ID from 0)")
-    return index, count
 
 
 def shard_languages(langs: list[str], shard: tuple[int, int] | None) -> list[str]:
