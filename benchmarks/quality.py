@@ -88,7 +88,8 @@ LABELS = 7  # O, B/I-PER, B/I-ORG, B/I-LOC
 MIN_COMPRESSION = 5.0
 GRID_VARIANTS = ("D0-S", "D4.2")  # --lr-grid: D0-S's rate, and the staged presets' one (chosen on D4.2)
 # distill.lr per track and kind of run, chosen on dev by `quality.py --lr-grid` (docs/benchmarks.md has the grid)
-LR_DEFAULTS = {"a_lr": 1e-3, "a_d0_lr": 1e-3, "b_lr": 1e-3, "b_d0_lr": 1e-3}
+# (benchmarks/results/quality-lr-grid.md: track A's D0-S is best at 3e-4, every other at 1e-3, of 1e-4..3e-3)
+LR_DEFAULTS = {"a_lr": 1e-3, "a_d0_lr": 3e-4, "b_lr": 1e-3, "b_d0_lr": 1e-3}
 # Table 3 of the ACL 2020 paper: mean F1 over 41 languages with the 0.7M-sentence transfer set
 PAPER_TABLE3 = {"D0-S": 81.44, "D1": 82.74, "D2": 82.38, "D3.1": 83.10, "D3.2": 86.77, "D4.1": 84.82, "D4.2": 87.10}
 
@@ -898,15 +899,17 @@ def markdown(result: dict) -> str:
 
 
 def grid_markdown(grid: dict) -> list[str]:
-    rates = next(iter(grid.values()))["D4.2"]["dev_f1"]
+    rates = sorted({float(lr) for section in grid.values() for v, g in section.items() if v != "run"
+                    for lr in g["dev_f1"]})
     lines = ["## Learning-rate grid (dev F1, selection data only)", "",
-             "| track | variant | " + " | ".join(f"lr {lr}" for lr in rates) + " | chosen |",
+             "| track | variant | " + " | ".join(f"lr {lr:g}" for lr in rates) + " | chosen |",
              "|---|---|" + "---|" * (len(rates) + 1)]
     for track, section in grid.items():
         for variant, g in section.items():
             if variant == "run":
                 continue
-            lines.append(f"| {track[-1].upper()} | {variant} | " + " | ".join(_fmt(v) for v in g["dev_f1"].values())
+            dev = {float(lr): f1 for lr, f1 in g["dev_f1"].items()}
+            lines.append(f"| {track[-1].upper()} | {variant} | " + " | ".join(_fmt(dev.get(lr)) for lr in rates)
                          + f" | {g['chosen_lr']:g} |")
     return lines + [""]
 

@@ -256,6 +256,10 @@ def test_lr_grid_plans_dev_only_runs_and_chooses_the_best_rate(quality, tmp_path
     assert grid["track_a"]["D0-S"]["dev_f1"] == {"0.0003": 50.0, "0.001": 61.5}
     assert grid["track_a"]["D4.2"]["chosen_lr"] == 1e-3 and grid["track_b"]["D0-S"]["chosen_lr"] == 3e-4
     assert "| A | D0-S | 50.00 | 61.50 | 0.001 |" in "\n".join(quality.grid_markdown(grid))
+    grid["track_b"]["D4.2"]["dev_f1"] = {"0.001": 39.0, "0.003": 12.5}  # another track's rates: one column each
+    table = "\n".join(quality.grid_markdown(grid))
+    assert "| track | variant | lr 0.0003 | lr 0.001 | lr 0.003 | chosen |" in table
+    assert "| B | D4.2 | - | 39.00 | 12.50 |" in table
 
 
 @pytest.mark.parametrize("argv", [["--lr-grid", "1e-3,x"], ["--lr-grid", "0"], ["--lr-grid", "1e-3", "--tracks", "c"],

@@ -80,7 +80,6 @@ def wait_records(out: Path, job_id: str, lines: int, timeout: float = 300) -> No
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize("zero", [2, 3])
 def wait_agent_queue_empty(timeout: float) -> None:
     """Until `sdiag` reports no RPC waiting for a retry in slurmctld's agent queue."""
     deadline = time.monotonic() + timeout
@@ -93,6 +92,7 @@ def wait_agent_queue_empty(timeout: float) -> None:
         time.sleep(0.5)
 
 
+@pytest.mark.parametrize("zero", [2, 3])
 def test_two_nodes_train_as_one_node_with_the_same_ranks(cluster, workdir, capsys, monkeypatch, zero):
     need_nodes(cluster)
     monkeypatch.chdir(ROOT)
