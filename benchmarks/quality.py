@@ -808,7 +808,8 @@ def markdown(result: dict) -> str:
              "Versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()), "",
              "Seeds: " + ", ".join(f"{k} {v}" for k, v in result["seeds"].items()), "",
              f"Total time: {result['total_s'] / 60:.1f} min. F1: seqeval default (conlleval) mode, percent, "
-             "on the test split; students: the mean over the distillation seeds (± their sample std).", ""]
+             + ("the best dev F1 of each run (the test split is not read)." if result.get("lr_grid") else
+                "on the test split; students: the mean over the distillation seeds (± their sample std)."), ""]
     if result.get("lr_grid"):
         return "\n".join(lines + grid_markdown(result["lr_grid"]) + [
             f"- track {t[-1].upper()}: `{sec['run']['command']}` at {sec['run']['xdt_commit']}, finished "
@@ -1019,7 +1020,8 @@ def main(argv: list[str] | None = None) -> int:
         result: dict = {"benchmark": "quality-lr-grid" if args.lr_grid else "quality", "command": " ".join(shlex.quote(a) for a in [
             Path(sys.executable).name, *sys.argv]) if argv is None else "quality.py " + " ".join(argv),
             "machine": machine(), "versions": versions(),
-            "seeds": {"distillation": args.seed_list, "teachers and transfer builds": args.seed,
+            "seeds": {"distillation": [args.seed] if args.lr_grid else args.seed_list,
+                      "teachers and transfer builds": args.seed,
                       "latency sentences": f"first {args.latency_sentences} of test-en.tsv"},
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
         if args.lr_grid:  # the tracks not tuned this time stay as an earlier invocation left them
