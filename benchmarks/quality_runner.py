@@ -234,8 +234,9 @@ def versions() -> dict:
             out[pkg] = None
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
+        # the code's state: results files (another track's run may have just written them) do not count
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)benchmarks/results"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         out["xdt_commit"] = commit + (" (with uncommitted changes)" if dirty else "")
     except OSError:
         out["xdt_commit"] = None
