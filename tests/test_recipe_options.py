@@ -63,6 +63,12 @@ def test_the_preset_is_expanded_into_stages_once_when_the_config_is_built():
     # the preset's stages are not explicit ones: a strategy turned off without stages is still refused
     with pytest.raises(ConfigError, match=r"^stages: empty while distill.strategy is null"):
         load_config(None, ["distill.strategy=null"])
+    # and a run folder records them as none, as before: a run started by that xdt resumes under this one
+    from xdt.outputs import run_identity
+    from xdt.run import recorded_config
+
+    assert run_identity(recorded_config(cfg))["stages"] == [] and run_identity(recorded_config(cfg))[
+        "distill.strategy"] == "D3.2"
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))

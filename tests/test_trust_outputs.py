@@ -4,7 +4,6 @@ code before the fix."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -224,10 +223,11 @@ def test_a_run_does_not_start_in_a_folder_of_other_files(tmp_path, capsys):
 def test_a_run_does_not_continue_a_run_of_another_config(tmp_path, capsys):
     from xdt.config import load_config
     from xdt.outputs import claim_run_folder, run_identity
+    from xdt.run import recorded_config
 
     out = tmp_path / "run"
     other = load_config(QUICKSTART, [f"output.dir={out}", *SMALL, "student.hidden_size=128"])
-    claim_run_folder(out, ["teacher", "distill"], run_identity(dataclasses.asdict(other)))
+    claim_run_folder(out, ["teacher", "distill"], run_identity(recorded_config(other)))
     before = snapshot(out)
     # also with --resume auto: resuming after a change of the student's shape is refused by name
     refused(capsys, ["run", str(QUICKSTART), f"output.dir={out}", *SMALL, "--resume", "auto"],

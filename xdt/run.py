@@ -198,6 +198,15 @@ def run_inputs(cfg: RunConfig) -> dict[str, str | None]:
             "deepspeed.config": cfg.deepspeed.config}
 
 
+def recorded_config(cfg: RunConfig) -> dict:
+    """The config as a run folder records it. A preset's stages follow from distill.* and are recorded as none, as
+    before they were expanded when the config is built, so that run folders of that xdt still resume."""
+    config = asdict(cfg)
+    if cfg.distill.strategy is not None:
+        config["stages"] = []
+    return config
+
+
 def start_run(cfg: RunConfig, command: str, overwrite: bool = False):
     """(data folder, tokenizer, task data) of a training command, after everything it reads is checked and its
     output.dir claimed: empty, a run of the same config (to continue), or cleared with `overwrite`."""
@@ -214,7 +223,7 @@ def start_run(cfg: RunConfig, command: str, overwrite: bool = False):
     data_dir, tokenizer, data = prepare(cfg)
     parts = run_parts(cfg, command)
     check_run(cfg, data, data_dir, parts, evaluate=command == "run")
-    out, identity = Path(cfg.output.dir), run_identity(asdict(cfg))
+    out, identity = Path(cfg.output.dir), run_identity(recorded_config(cfg))
     extras = [Path(cfg.output.stop_file).name]  # a user may `touch` it before the run starts
     check_run_folder(out, parts, identity, overwrite, run_inputs(cfg), extras)
     if not overwrite:  # checkpoints of this config: continued only with --resume auto, and checked whole now
@@ -397,7 +406,7 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
     distilled = distill_step(cfg, data, Path(teacher["path"]), out)
     timings["distill_s"] = time.perf_counter() - t
 
-    summary = {"config": asdict(cfg), "data": str(data_dir), "labels": data.labels, "teacher": teacher,
+    summary = {"config": recorded_config(cfg), "data": str(data_dir), "labels": data.labels, "teacher": teacher,
                "distill": distilled}
     if is_main():
         t = time.perf_counter()
