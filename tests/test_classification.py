@@ -202,10 +202,11 @@ def lang_id(cfg, data_dir, mbert_tokenizer):
 
 @pytest.fixture(scope="module")
 def teacher_run(cfg, lang_id, tmp_path_factory):
-    from xdt.distill.classify import train_classifier_teacher
+    from xdt.recipes.setup import loop_kwargs
+    from xdt.recipes.teacher import train_teacher
 
     out = tmp_path_factory.mktemp("teacher")
-    return train_classifier_teacher(cfg, lang_id, out), out
+    return train_teacher(cfg, lang_id, out, task="sequence", **loop_kwargs(cfg, lang_id)), out
 
 
 @pytest.mark.slow
@@ -213,7 +214,7 @@ def teacher_run(cfg, lang_id, tmp_path_factory):
 def test_teacher_learns_language_id_and_reloads_with_transformers(cfg, lang_id, teacher_run):
     from transformers import AutoModelForSequenceClassification
 
-    from xdt.distill.classify import dev_accuracy, predict_classes
+    from xdt.eval.classify import dev_accuracy, predict_classes
 
     result, out = teacher_run
     assert lang_id.labels == list(LANGS) and sorted(lang_id.dev) == list(LANGS)
@@ -233,9 +234,11 @@ def test_teacher_learns_language_id_and_reloads_with_transformers(cfg, lang_id, 
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_student_distilled_on_cls_has_falling_losses(cfg, lang_id, teacher_run, tmp_path):
-    from xdt.distill.classify import distill_classifier, load_classifier
     from xdt.engine.metrics import read_metrics
+    from xdt.eval.classify import load_classifier
     from xdt.models.student import build_student
+    from xdt.recipes.distill import distill
+    from xdt.recipes.setup import loop_kwargs
 
     result, _ = teacher_run
     run_cfg = load_config(None, [
@@ -253,7 +256,7 @@ def test_student_distilled_on_cls_has_falling_losses(cfg, lang_id, teacher_run, 
     for who, model in (("teacher", teacher), ("student", student)):
         model.register_forward_pre_hook(lambda m, a, kw, who=who: seen[who].update(kw), with_kwargs=True)
 
-    out = distill_classifier(run_cfg, lang_id, teacher, student, tmp_path)
+    out = distill(run_cfg, lang_id, teacher, student, tmp_path, **loop_kwargs(run_cfg, lang_id))
     assert "token_type_ids" in seen["teacher"] and "token_type_ids" in seen["student"]
     assert [h["name"] for h in out.history] == ["representations", "logits", "labels"]
     per_stage = defaultdict(list)
@@ -274,7 +277,7 @@ def test_student_distilled_on_cls_has_falling_losses(cfg, lang_id, teacher_run, 
 def test_xdt_run_sequence_task_end_to_end(cfg, data_dir, tmp_path, capsys):
     import json
 
-    from xdt.run import run
+    from xdt.recipes.run import run
 
     for lang in LANGS:
         (data_dir / f"test-{lang}.tsv").write_text("".join(f"{s}\t{lang}\n" for s in _lines(lang)[900:940]),

@@ -240,7 +240,8 @@ def cross_teacher(tmp_path_factory):
     from xdt.data.discover import discover, read_source
     from xdt.data.mock import materialize_mock
     from xdt.data.readers import ReadOptions, ReadReport
-    from xdt.run import start_run, train_teacher_step
+    from xdt.recipes.setup import start_run
+    from xdt.recipes.teacher import train_teacher_step
 
     root = tmp_path_factory.mktemp("cross_run")
     base = [*MOCK, f"data.cache_dir={root / 'cache'}"]
@@ -286,7 +287,8 @@ def test_a_cross_tokenizer_d42_student_beats_its_own_d0s(cross_teacher):
     59.3, D0-S 52.4 / 50.3 / 50.2 (at 12 steps the gap was +9.3 / -0.5 / +8.6: too few steps to be a claim)."""
     from xdt.config import load_config
     from xdt.distill.selection import dev_score
-    from xdt.run import distill_step, start_run
+    from xdt.recipes.distill import distill_step
+    from xdt.recipes.setup import start_run
     from transformers import AutoModelForTokenClassification
 
     root, base, teacher, held_in = cross_teacher
@@ -314,7 +316,9 @@ def test_two_ranks_build_a_per_word_cache_and_distil_from_it(cross_teacher):
     import sys
 
     from xdt.config import load_config
-    from xdt.run import cache_keys, cache_step, prepare
+    from xdt.distill.teacher_cache import cache_keys
+    from xdt.recipes.cache import cache_step
+    from xdt.recipes.setup import prepare
 
     root, base, teacher, _ = cross_teacher
     env = {**{k: v for k, v in os.environ.items()

@@ -13,7 +13,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from xdt.config import STRATEGIES, load_config
-from xdt.distill.train import distill
+from xdt.recipes.distill import distill
 from xdt.distill.unfreeze import UnfreezePlan
 from xdt.engine.checkpoint import Checkpointer
 from xdt.engine.metrics import read_metrics
@@ -31,7 +31,7 @@ SMALL = ["data.mock.train_sentences=60", "data.mock.dev_sentences=20", "data.moc
 
 @pytest.fixture(scope="module")
 def mock_task(tmp_path_factory):
-    from xdt.run import prepare
+    from xdt.recipes.setup import prepare
 
     root = tmp_path_factory.mktemp("mock")
     cfg = load_config(None, [*SMALL, f"data.cache_dir={root}"])
@@ -61,7 +61,7 @@ MIN_DEV_F1 = 12.0
 def teacher_run(mock_task, tmp_path_factory):
     """The mock-task teacher, trained once per module: (its result, its folder, the rate of every optimizer step as
     read inside the step)."""
-    from xdt.distill.teacher_train import train_teacher
+    from xdt.recipes.teacher import train_teacher
 
     _, data = mock_task
     root = tmp_path_factory.mktemp("teacher")

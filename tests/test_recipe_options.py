@@ -65,7 +65,7 @@ def test_the_preset_is_expanded_into_stages_once_when_the_config_is_built():
         load_config(None, ["distill.strategy=null"])
     # and a run folder records them as none, as before: a run started by that xdt resumes under this one
     from xdt.outputs import run_identity
-    from xdt.run import recorded_config
+    from xdt.recipes.setup import recorded_config
 
     assert run_identity(recorded_config(cfg))["stages"] == [] and run_identity(recorded_config(cfg))[
         "distill.strategy"] == "D3.2"
@@ -321,5 +321,5 @@ def test_the_comment_scanner_finds_the_commands():
     assert len(mnli) == 1 and mnli[0].startswith("xdt teacher train configs/mnli-task-agnostic.yaml teacher.model=")
     assert "output.dir=" in mnli[0]  # the continuation line was joined
     assert [n for n, _ in _python_calls(ROOT / "configs/mnli-task-agnostic.yaml")] == [
-        "xdt.distill.classify.train_classifier_teacher"]
+        "xdt.recipes.teacher.train_teacher_step"]
     assert any(c.startswith("xdt slurm submit") for c in by_name["configs/wikiann41-l6-h384.yaml"])

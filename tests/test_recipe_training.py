@@ -12,8 +12,9 @@ from torch import nn
 
 from xdt.config import DistillConfig, StageConfig, load_config
 from xdt.distill.losses import DistillLoss, masked_mse
-from xdt.distill.teacher_train import train_teacher
-from xdt.distill.train import DistillStep, distill
+from xdt.recipes.teacher import train_teacher
+from xdt.distill.step import DistillStep
+from xdt.recipes.distill import distill
 from xdt.engine.checkpoint import Checkpointer
 from xdt.models.student import build_student
 from xdt.models.teacher import build_teacher

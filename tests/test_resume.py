@@ -49,7 +49,7 @@ def workdir(tmp_path_factory):
     """Mock data, tokenizer and a tiny teacher saved as an HF folder (labels of the mock data)."""
     from xdt.config import load_config
     from xdt.models.teacher import build_teacher
-    from xdt.run import prepare
+    from xdt.recipes.setup import prepare
 
     root = tmp_path_factory.mktemp("resume")
     cfg = load_config(None, [*SMALL, f"data.cache_dir={root / 'cache'}", "teacher.num_layers=2",

@@ -46,7 +46,7 @@ def test_real_data_d42_student_exports_and_pipeline_agrees_with_xdt_eval(tmp_pat
 
     from xdt.config import load_config
     from xdt.eval.report import read_predictions
-    from xdt.run import run
+    from xdt.recipes.run import run
 
     langs = ["af", "hi", "tl"]
     cfg = load_config(None, [

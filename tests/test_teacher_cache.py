@@ -22,7 +22,7 @@ from xdt.data.align import AlignedFeatures, Aligner
 from xdt.data.batching import WindowBatcher
 from xdt.data.sentence import WIKIANN_LABELS
 from xdt.distill.losses import DistillLoss, HiddenProjector
-from xdt.distill.train import _to
+from xdt.distill.step import teacher_outputs_to
 from xdt.distill.teacher_cache import (TeacherCache, build_teacher_cache, features_content_id, shard_batches,
                                        shard_name, shard_windows, teacher_weights_hash)
 from xdt.errors import XdtError
@@ -131,7 +131,7 @@ def test_close_to_teacher_on_training_batches(setup):
                           output_hidden_states=True)
         mask = batch["word_index"] >= 0
         cached, _ = loss(out, got, mask=mask)
-        live, _ = loss(out, _to(ref, torch.device("cpu")), mask=mask)
+        live, _ = loss(out, teacher_outputs_to(ref, torch.device("cpu")), mask=mask)
         assert cached.item() == pytest.approx(live.item(), rel=1e-3)
 
 

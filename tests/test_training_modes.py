@@ -19,7 +19,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from tests.conftest import ROOT
 from xdt.config import load_config
-from xdt.distill.train import distill
+from xdt.recipes.distill import distill
 from xdt.engine.checkpoint import MARKER
 from xdt.engine.metrics import read_metrics
 

@@ -62,7 +62,7 @@ def work(tmp_path_factory) -> dict[str, Path]:
 
     from xdt.config import load_config
     from xdt.models.teacher import build_teacher
-    from xdt.run import prepare
+    from xdt.recipes.setup import prepare
 
     root = tmp_path_factory.mktemp("inputs")
     cfg = load_config(QUICKSTART, [*SMALL, "teacher.num_layers=2", "teacher.hidden_size=32", "teacher.num_heads=2",
@@ -332,7 +332,7 @@ def test_a_truncated_teacher_cache_array_is_one_line(work, tmp_path, array):
     from xdt.config import load_config
     from xdt.distill.teacher_cache import TeacherCache, build_teacher_cache
     from xdt.models.teacher import load_teacher_model
-    from xdt.run import prepare
+    from xdt.recipes.setup import prepare
 
     cfg = load_config(QUICKSTART, SMALL)
     _, tokenizer, data = prepare(cfg)

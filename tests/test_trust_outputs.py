@@ -223,7 +223,7 @@ def test_a_run_does_not_start_in_a_folder_of_other_files(tmp_path, capsys):
 def test_a_run_does_not_continue_a_run_of_another_config(tmp_path, capsys):
     from xdt.config import load_config
     from xdt.outputs import claim_run_folder, run_identity
-    from xdt.run import recorded_config
+    from xdt.recipes.setup import recorded_config
 
     out = tmp_path / "run"
     other = load_config(QUICKSTART, [f"output.dir={out}", *SMALL, "student.hidden_size=128"])

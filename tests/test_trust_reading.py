@@ -229,7 +229,7 @@ def test_export_of_a_run_folder_takes_its_best_dev_model(tmp_path, capsys):
 def test_transfer_folder_cache_key_follows_transfer_jsonl(tmp_path, mbert_tokenizer):
     from xdt.data.align import Aligner
     from xdt.data.cache import align_cached
-    from xdt.distill.data import read_transfer_sentences
+    from xdt.data.task import read_transfer_sentences
     from xdt.distill.teacher_cache import features_content_id
 
     folder = tmp_path / "set"

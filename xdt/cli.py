@@ -38,7 +38,7 @@ def _load_run_config(args: argparse.Namespace):
 
 def _run(args: argparse.Namespace) -> int:
     from xdt.engine.distributed import shutdown
-    from xdt.run import run
+    from xdt.recipes.run import run
 
     run(_load_run_config(args), overwrite=args.overwrite)
     shutdown()
@@ -47,7 +47,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _teacher_train(args: argparse.Namespace) -> int:
     from xdt.engine.distributed import is_main, shutdown
-    from xdt.run import start_run, train_teacher_step
+    from xdt.recipes.setup import start_run
+    from xdt.recipes.teacher import train_teacher_step
 
     cfg = _load_run_config(args)
     _, _, data = start_run(cfg, "teacher", args.overwrite)
@@ -60,7 +61,8 @@ def _teacher_train(args: argparse.Namespace) -> int:
 
 def _teacher_cache(args: argparse.Namespace) -> int:
     from xdt.engine.distributed import init_distributed, is_main, shutdown
-    from xdt.run import cache_step, prepare
+    from xdt.recipes.cache import cache_step
+    from xdt.recipes.setup import prepare
 
     cfg = _load_run_config(args)
     teacher_dir = Path(cfg.teacher.model) if cfg.teacher.model else Path(cfg.output.dir) / "teacher"
@@ -76,7 +78,8 @@ def _teacher_cache(args: argparse.Namespace) -> int:
 def _distill(args: argparse.Namespace) -> int:
     from xdt.engine.distributed import is_main, shutdown
     from xdt.errors import ConfigError
-    from xdt.run import distill_step, start_run
+    from xdt.recipes.distill import distill_step
+    from xdt.recipes.setup import start_run
 
     cfg = _load_run_config(args)
     if not cfg.teacher.model:

@@ -274,7 +274,7 @@ class ClassificationData:
     def label2id(self) -> dict[str, int]:
         return {t: i for i, t in enumerate(self.labels)}
 
-    # the sequence task has one tokenizer: a teacher with another is refused when the data loads (xdt.run.prepare)
+    # the sequence task has one tokenizer: a teacher with another is refused when the data loads (xdt.recipes.setup.prepare)
     teacher = None
     cross_tokenizer = False
 
@@ -310,7 +310,7 @@ def load_classification_data(cfg, data_path: str | Path, tokenizer, labels: Sequ
 
 def per_language_split(cfg, data_path: str | Path, tokenizer, labels: Sequence[str], split: str,
                        limit: int | None = None) -> dict[str, ClassificationSplit]:
-    """One split (dev, test) by language, for per-language scores (`xdt.distill.classify.dev_accuracy`).
+    """One split (dev, test) by language, for per-language scores (`xdt.eval.classify.dev_accuracy`).
     `limit`: examples per language (None: `cfg.data.limit`, which applies to train and dev; 0: all)."""
     d = cfg.data
     examples = read_split(data_path, split, d.langs, labels, d.limit if limit is None else limit)

@@ -1,4 +1,5 @@
-"""Distillation: losses (masked, weighted), gradual unfreezing; the stage schedule and training loop."""
+"""Distillation components: losses (masked, weighted), gradual unfreezing, optimiser, selection, the teacher cache
+and the step; the loops that drive them are in `xdt.recipes`."""
 
 from xdt.distill.losses import (TERMS, DistillLoss, HiddenProjector, attention_loss, hidden_loss, label_loss,
                                 logit_loss, masked_mse)

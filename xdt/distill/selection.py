@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from xdt.distill.data import SplitData
+from xdt.data.task import SplitData
 from xdt.eval.predict import predict_label_ids, to_label_names
 from xdt.eval.scoring import score
 

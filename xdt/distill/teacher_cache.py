@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xdt.config import RunConfig
 from xdt.data.align import AlignedFeatures
+from xdt.data.task import TaskData
+from xdt.data.tokenizer import tokenizer_fingerprint
 from xdt.data.word_bridge import Pooling, WordBridge, scatter_words
 from xdt.errors import XdtError
 
@@ -78,6 +81,17 @@ def features_content_id(features: AlignedFeatures) -> str:
         h.update(f"{a.dtype}|{a.shape}\n".encode())
         h.update(a.tobytes())
     return "windows:" + h.hexdigest()[:32]
+
+
+def cache_keys(cfg: RunConfig, data: TaskData) -> dict:
+    """What a teacher cache is keyed by: the student's windows and tokenizer, the teacher's tokenizer (and, where
+    it is another, how words are pooled)."""
+    keys = {"content_id": features_content_id(data.transfer.features),
+            "tokenizer_fp": tokenizer_fingerprint(data.tokenizer), "max_seq_length": cfg.data.max_seq_length}
+    if data.cross_tokenizer:
+        keys |= {"teacher_tokenizer_fp": tokenizer_fingerprint(data.teacher_tokenizer),
+                 "word_pooling": cfg.distill.word_pooling}
+    return keys
 
 
 # --------------------------------------------------------------------------------------------- build

@@ -11,10 +11,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, BertConfig,
                           PreTrainedModel)
 
 from xdt.config import TeacherConfig
+from xdt.engine.distributed import device
 from xdt.engine.safe_load import check_model_weights
 from xdt.engine.zero3 import build_model, from_pretrained
 from xdt.errors import ConfigError, XdtError
@@ -90,3 +92,11 @@ def load_teacher_model(path: str | Path, labels: list[str], eager: bool, task: s
         raise XdtError(f"{path}: teacher labels {names} differ from the data's {labels}; fine-tune the teacher on "
                        "this label set (xdt teacher train)")
     return model
+
+
+def teacher_device_dtype() -> tuple[torch.device, torch.dtype]:
+    """Where a frozen teacher runs during distillation: bf16 on GPUs that have it, fp32 on CPU."""
+    dev = device()
+    if dev.type == "cuda" and torch.cuda.is_bf16_supported():
+        return dev, torch.bfloat16
+    return dev, torch.float32

@@ -160,7 +160,7 @@ def plan(config: str, overrides: list[str], common: dict | None = None, per_step
     the scripts of the steps to submit. `job_states(ids) -> {id: state}` (None: ask scontrol)."""
     from xdt.data.mock import _configured
     from xdt.distill.teacher_cache import MANIFEST
-    from xdt.run import DISTILL_DONE, TEACHER_DONE
+    from xdt.outputs import DISTILL_DONE, TEACHER_DONE
 
     common, per_step, shared = common or {}, per_step or {}, shared or {}
     cfg = load_config(config, overrides)

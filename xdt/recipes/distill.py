@@ -1,8 +1,9 @@
 """`xdt distill`: the stage schedule, each stage (and each unfreeze step) one DeepSpeed engine.
 
-setup (ranks, teacher frozen in eval mode, student, the shared hidden-state projector)
+distill_step: the teacher (loaded, or its cached outputs), the student built from it -> distill:
+setup (ranks, teacher frozen in eval mode, the shared hidden-state projector)
 -> for each stage: for each unfreeze step: set what trains, build optimizer + schedule, `deepspeed.initialize`,
-   run the steps (student forward/backward, teacher forward without gradients), select on dev
+   run the steps (student forward/backward, teacher forward without gradients or its cached outputs), select on dev
 -> save the best dev student as an HF folder -> cleanup.
 
 A fresh optimizer per unfreeze step, over the parameters that train in it, is what the released code does too
@@ -11,77 +12,106 @@ A fresh optimizer per unfreeze step, over the parameters that train in it, is wh
 
 from __future__ import annotations
 
-import itertools
+import json
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import deepspeed
 import torch
+from safetensors import safe_open
 from torch import nn
+from transformers import AutoConfig
 
-from xdt.config import OUTPUT_TERMS, RunConfig, StageConfig
+from xdt.config import OUTPUT_TERMS, TEACHER_TERMS, RunConfig
 from xdt.data.batching import WindowBatcher
 from xdt.data.classification import model_inputs
-from xdt.distill.data import TaskData
-from xdt.distill.losses import DistillLoss, HiddenProjector
+from xdt.data.task import TaskData
+from xdt.distill.losses import HiddenProjector
 from xdt.distill.optim import make_optimizer, make_scheduler
 from xdt.distill.selection import dev_score
-from xdt.distill.teacher_cache import TeacherCache
+from xdt.distill.step import (DistillStep, batches_from, cached_layers, check_cross_tokenizer, phase_steps,
+                              resume_point, stage_losses, stage_reads_cache, teacher_outputs_to, teacher_runner,
+                              teacher_states)
+from xdt.distill.teacher_cache import TeacherCache, cache_keys, teacher_weights_hash
 from xdt.distill.unfreeze import UnfreezePlan, keep_frozen_names
-from xdt.engine.distributed import init_distributed, is_main, rank, world_size
+from xdt.engine.checkpoint import Checkpointer
+from xdt.engine.distributed import init_distributed, is_main, world_size
 from xdt.engine.ds_config import build_ds_config, zero_stage
 from xdt.engine.hf_save import save_hf
-from xdt.engine.checkpoint import Checkpointer
 from xdt.engine.metrics import MetricsLog, progress_bar
 from xdt.engine.preemption import Preemption
 from xdt.engine.restore import load_state, restore_snapshot, save_snapshot
-from xdt.engine.zero3 import build_model, frozen_config, frozen_engine, is_partitioned, zero3_build
-from xdt.errors import ConfigError, Preempted, XdtError
+from xdt.engine.zero3 import build_config, build_model, frozen_config, frozen_engine, is_partitioned, zero3_build
+from xdt.errors import Preempted, XdtError
 from xdt.models.layer_map import resolve_layer_map
+from xdt.models.student import build_student, count_parameters, student_shape
+from xdt.models.teacher import load_teacher_model, teacher_device_dtype
+from xdt.models.vocab_map import cross_vocab_embeddings
+from xdt.outputs import DISTILL_DONE
+from xdt.recipes.cache import cache_step
+from xdt.recipes.setup import loop_kwargs
 
 log = logging.getLogger(__name__)
 
 
-class DistillStep(nn.Module):
-    """Student forward + loss in one module, so the DeepSpeed engine owns every trained parameter (the
-    projector too) and ZeRO-3 gathers them inside its forward.
+def distill_step(cfg: RunConfig, data, teacher_dir: Path, out: Path) -> dict:
+    eager = cfg.distill.attention_loss != "none"
+    check_cross_tokenizer(cfg, data)
+    tcfg = AutoConfig.from_pretrained(str(teacher_dir))
+    cache = None
+    if cfg.distill.teacher_cache:
+        if not (Path(cfg.distill.teacher_cache) / "manifest.json").exists():
+            cache_step(cfg, data, teacher_dir)
+        layers = cached_layers(cfg, cfg.student.num_layers, tcfg.num_hidden_layers)
+        cache = TeacherCache.open(cfg.distill.teacher_cache, teacher_hash=teacher_weights_hash(teacher_dir),
+                                  layers_needed=layers, **cache_keys(cfg, data))
+    needs_live = any(s.losses.get(t, 0) > 0 for s in cfg.stages if not stage_reads_cache(s, cache, cfg)
+                     for t in TEACHER_TERMS)
+    svd = cfg.student.embedding_init in ("svd", "pca") and not cfg.student.init_from
+    cut = cfg.student.embedding_init == "teacher" and not cfg.student.init_from
+    dev, dtype = teacher_device_dtype()
+    # ZeRO-3: teacher and student are built partitioned, under the config distill() trains with (the teacher in
+    # its own precision); no rank holds either whole
+    student_hidden = AutoConfig.from_pretrained(cfg.student.init_from).hidden_size if cfg.student.init_from else \
+        student_shape(cfg.student).hidden_size
+    partitioned = build_config(cfg.deepspeed, build_ds_config(cfg.deepspeed, cfg.distill.batch_size, world_size(),
+                                                              student_hidden))
+    with zero3_build(partitioned and frozen_config(partitioned, dtype)):
+        teacher = load_teacher_model(teacher_dir, data.labels, eager, cfg.data.task) if needs_live or \
+            cfg.student.embedding_init == "teacher" else None
+    word_rows = None  # the teacher's word embeddings, for the student's pieces
+    if (svd and teacher is None) or ((svd or cut) and data.cross_tokenizer):
+        word_rows = teacher_word_embeddings(teacher_dir)
+        if data.cross_tokenizer:
+            word_rows = cross_vocab_embeddings(word_rows, data.tokenizer, data.teacher_tokenizer)
+    torch.manual_seed(cfg.seed)  # the student's random initialisation is part of what a seed reproduces
+    with zero3_build(partitioned):
+        student = build_student(cfg.student, vocab_size=len(data.tokenizer), labels=data.labels,
+                                task=cfg.data.task, teacher=teacher, copy_layer_map=cfg.distill.layer_map,
+                                teacher_word_embeddings=word_rows, pad_token_id=data.tokenizer.pad_token_id,
+                                attn_implementation="eager" if eager else None,
+                                attention_dropout=0.0 if eager else None)
+    sizes = {"teacher_parameters": count_parameters(teacher) if teacher is not None else None,
+             "student_parameters": count_parameters(student)}  # full sizes, also when partitioned
+    result = distill(cfg, data, teacher, student, out, dev, dtype, cache=cache, teacher_config=tcfg,
+                     **loop_kwargs(cfg, data))
+    summary = {"path": str(result.path), "best_dev_f1": result.best_dev_f1, "steps": result.steps,
+               "history": result.history, "teacher_loaded": teacher is not None, **sizes}
+    if is_main():  # written last: what marks the distillation finished (`xdt slurm pipeline` reads it)
+        (out / DISTILL_DONE).write_text(json.dumps({k: v for k, v in summary.items() if k != "history"}))
+    return summary
 
-    Registered submodules are the student and the projector only, the same in every stage, so any checkpoint
-    loads into any stage's engine; the stage's loss modules are plain attributes set with `set_losses`."""
 
-    def __init__(self, student: nn.Module, projector: HiddenProjector | None, every_token: bool = False):
-        super().__init__()
-        self.student = student
-        self.projector = projector
-        self.every_token = every_token  # distill.positions tokens: every real token, not just first sub-words
-        self._losses: tuple[DistillLoss | None, DistillLoss | None] = (None, None)
-
-    def set_losses(self, distill_loss: DistillLoss | None, label_loss: DistillLoss | None) -> None:
-        self._losses = (distill_loss, label_loss)
-
-    def _student(self, batch: dict, loss: DistillLoss):
-        return self.student(**model_inputs(batch), output_hidden_states=loss.needs_hidden_states,
-                            output_attentions=loss.needs_attentions)
-
-    def forward(self, batch: dict | None, teacher_out=None, labeled: dict | None = None):
-        distill_loss, label_loss = self._losses
-        total = 0.0
-        terms: dict[str, torch.Tensor] = {}
-        if distill_loss is not None:
-            out = self._student(batch, distill_loss)
-            mask = batch["attention_mask"] > 0 if self.every_token else batch["word_index"] >= 0
-            loss, t = distill_loss(out, teacher_out, mask=mask,
-                                   attention_mask=batch["attention_mask"], labels=batch["labels"])
-            total, terms = total + loss, {**terms, **t}
-        if label_loss is not None:
-            lab = labeled if labeled is not None else batch
-            out = self._student(lab, label_loss)
-            loss, t = label_loss(out, None, labels=lab["labels"])
-            total, terms = total + loss, {**terms, **t}
-        return total, terms
+def teacher_word_embeddings(teacher_dir: Path) -> torch.Tensor:
+    """The teacher's word-embedding matrix from its safetensors, without building the model (SVD init)."""
+    for path in sorted(Path(teacher_dir).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                if key.endswith("embeddings.word_embeddings.weight"):
+                    return f.get_tensor(key)
+    raise XdtError(f"{teacher_dir}: no *embeddings.word_embeddings.weight in its safetensors files")
 
 
 @dataclass
@@ -90,71 +120,6 @@ class DistillResult:
     best_dev_f1: float
     steps: int
     history: list[dict] = field(default_factory=list)  # one entry per (stage, unfreeze step)
-
-
-def stage_losses(stage: StageConfig, cfg: RunConfig, student, teacher_config, projector: HiddenProjector | None,
-                 key: str) -> tuple[DistillLoss | None, DistillLoss | None]:
-    """(terms on the stage's distillation batches, the labels term on labeled batches) for one stage."""
-    weights = {k: v for k, v in stage.losses.items() if v > 0}
-    if not weights:
-        raise ConfigError(f"{key}.losses: no term has a positive weight")
-    if stage.data == "transfer" and "labels" in weights:
-        raise ConfigError(f"{key}.losses: the labels term needs labeled data; set {key}.data to labeled or both")
-    labels_w = weights.pop("labels", None) if stage.data == "both" else None
-    common = dict(student_layers=student.config.num_hidden_layers, teacher_layers=teacher_config.num_hidden_layers,
-                  student_hidden=student.config.hidden_size, teacher_hidden=teacher_config.hidden_size, key=key)
-    distill = DistillLoss.from_config(cfg.distill, weights, projector=projector, **common) if weights else None
-    labels = DistillLoss.from_config(cfg.distill, {"labels": labels_w}, **common) if labels_w else None
-    return distill, labels
-
-
-def phase_steps(stage: StageConfig, batches_per_epoch: int, accumulation: int = 1) -> int:
-    """Optimizer steps of one stage (or unfreeze step): `steps`, or `epochs` of this rank's micro-batches."""
-    if stage.steps > 0:
-        return stage.steps
-    return max(1, math.ceil(stage.epochs * batches_per_epoch / accumulation))
-
-
-def batches_from(batcher: WindowBatcher, batch_size: int, seed: int, start: int):
-    """This rank's batches of an endless sequence of epochs, from its `start`-th batch on (resume)."""
-    world = world_size()
-    epoch, index = divmod(start, batcher.num_batches(batch_size, world))
-    yield from batcher.epoch(batch_size, seed, epoch, rank=rank(), world=world, start_batch=index * world)
-    for e in itertools.count(epoch + 1):
-        yield from batcher.epoch(batch_size, seed, e, rank=rank(), world=world)
-
-
-def cached_layers(cfg: RunConfig, student_layers: int, teacher_layers: int) -> list[int]:
-    """Teacher hidden states the cache must hold: `distill.cache_layers`, or those the layer map pairs."""
-    if cfg.distill.cache_layers is not None:
-        return sorted(cfg.distill.cache_layers)
-    if not any(s.losses.get("hidden", 0) > 0 for s in cfg.stages):
-        return []
-    return sorted({t for _, t in resolve_layer_map(cfg.distill.layer_map, student_layers, teacher_layers)
-                   if t >= 0})
-
-
-def stage_reads_cache(stage: StageConfig, cache: TeacherCache | None, cfg: RunConfig) -> bool:
-    """The cache holds the teacher outputs of the transfer set; attention maps are never cached."""
-    return cache is not None and stage.data != "labeled" and cfg.distill.attention_loss == "none"
-
-
-def check_cross_tokenizer(cfg: RunConfig, data) -> None:
-    """Attention maps compare token with token: across tokenizers they are refused, never dropped."""
-    if getattr(data, "teacher", None) is not None and cfg.distill.attention_loss != "none":
-        raise ConfigError(f"distill.attention_loss: is {cfg.distill.attention_loss!r}, but the teacher's tokenizer "
-                          "is not the student's and attention maps compare token with token; set "
-                          "distill.attention_loss: none (hidden states and logits are compared word by word)")
-
-
-def teacher_runner(teacher: nn.Module, hidden_states: bool, dev: torch.device):
-    """`run(input_ids, attention_mask)` -> the frozen teacher's logits and hidden states on `dev`, in float32."""
-    def run(ids: torch.Tensor, mask: torch.Tensor) -> dict:
-        out = teacher(input_ids=ids.to(teacher.device), attention_mask=mask.to(teacher.device),
-                      output_hidden_states=hidden_states)
-        return _to(out, dev)
-
-    return run
 
 
 def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: nn.Module, out_dir: str | Path,
@@ -317,7 +282,7 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
                             teacher_out = teacher(**inputs,
                                                   output_hidden_states=distill_loss.needs_hidden_states,
                                                   output_attentions=distill_loss.needs_attentions)
-                        teacher_out = _to(teacher_out, engine.device)
+                        teacher_out = teacher_outputs_to(teacher_out, engine.device)
                     loss, terms = engine(batch, teacher_out, labeled)
                     engine.backward(loss)
                     engine.step()  # DeepSpeed updates the weights at the accumulation boundary
@@ -367,37 +332,3 @@ def distill(cfg: RunConfig, data: TaskData, teacher: nn.Module | None, student: 
     preempt.uninstall()
     metrics.close()
     return DistillResult(best_path, best, global_step, history)
-
-
-def teacher_states(loss: DistillLoss) -> list[int]:
-    """The teacher hidden states a loss reads (those its layer map pairs), none without the hidden term."""
-    if not loss.needs_hidden_states:
-        return []
-    return sorted({t for _, t in loss.projector.layer_map})
-
-
-def resume_point(ckpt: Checkpointer, resume: str) -> tuple[str, dict] | None:
-    """The checkpoint to continue from; refuses to start over a run that has checkpoints unless asked."""
-    found = ckpt.latest()
-    if resume == "auto":
-        if found is not None:
-            ckpt.verify(found[0])  # a damaged file is found now, not after the engine is built
-        return found
-    if found is not None:
-        raise XdtError(f"{ckpt.root}: holds checkpoints of an earlier run (newest: {found[0]}); continue it with "
-                       "output.resume=auto (--resume auto), choose another output.dir, or pass --overwrite to "
-                       "start over")
-    return None
-
-
-def _to(output, dev: torch.device):
-    """Teacher outputs (logits, hidden states, attentions) on the student's device, in float32."""
-    def move(x):
-        if x is None:
-            return None
-        if isinstance(x, (tuple, list)):
-            return type(x)(move(t) for t in x)
-        return x.to(device=dev, dtype=torch.float32)
-
-    return {"logits": move(output.logits), "hidden_states": move(getattr(output, "hidden_states", None)),
-            "attentions": move(getattr(output, "attentions", None))}

@@ -1,24 +1,11 @@
-"""Sequence classification: teacher fine-tuning, dev accuracy, and the stage schedule for a classifier pair.
-
-The task-agnostic route of XtremeDistilTransformers: fine-tune a teacher on a source task (e.g. MNLI), distil it
-through the stages into a small student (hidden states and logits on [CLS], then labels), and fine-tune that
-universal student on a target task with `train_classifier_teacher(..., model=student)`.
-
-`train_classifier_teacher`: setup (ranks, model, DeepSpeed engine) -> train (steps, dev accuracy every
-`eval_every` steps, early stopping) -> save (the best dev checkpoint as an HF folder) -> cleanup, as
-`xdt.distill.teacher_train` does for NER. Model selection is the mean over languages of dev accuracy (percent);
-macro-F1 is reported alongside.
-
-`distill_classifier` is `xdt.distill.train.distill` with three differences: batches come from
-`ClassificationBatcher`, the models also get `token_type_ids` (sentence pairs), and dev accuracy selects the
-student. Both loops here lack what the NER loops have (checkpoint/resume, preemption, the teacher-output cache):
-once `train_teacher()` and `distill()` take a batcher class and a score function and pass `model_inputs(batch)`,
-both loops become those calls (see the module's tail).
+"""Sequence classification scores: per-language accuracy and macro-F1 of a classifier, for model selection (mean
+dev accuracy, percent) and the final report of a `data.task: sequence` run (the task-agnostic route of
+XtremeDistilTransformers: a teacher fine-tuned on a source task such as MNLI, distilled through the stages).
 """
 
 from __future__ import annotations
 
-import logging
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,16 +16,11 @@ from torch import nn
 
 from xdt.config import RunConfig
 from xdt.data.align import IGNORE_INDEX
-from xdt.data.classification import (ClassificationBatcher, ClassificationData, ClassificationFeatures,
-                                     ClassificationSplit, model_inputs)
-from xdt.distill.teacher_train import TeacherResult, train_teacher
-from xdt.distill.train import DistillResult, distill
-from xdt.engine.distributed import is_main
+from xdt.data.classification import (ClassificationBatcher, ClassificationFeatures, ClassificationSplit, model_inputs,
+                                     per_language_split)
+from xdt.engine.distributed import device, is_main
 from xdt.errors import XdtError
 from xdt.models.teacher import load_teacher_model
-
-log = logging.getLogger(__name__)
-
 
 # --------------------------------------------------------------------------------------------- dev scores
 
@@ -92,42 +74,9 @@ def dev_accuracy(model: nn.Module, dev: dict[str, ClassificationSplit], num_labe
     return DevAccuracy(mean("accuracy"), mean("macro_f1"), per_language)
 
 
-# --------------------------------------------------------------------------------------------- teacher
-
-
-def train_classifier_teacher(cfg: RunConfig, data: ClassificationData, out_dir: str | Path,
-                             model: nn.Module | None = None) -> TeacherResult:
-    """Fine-tune `model` (default: a teacher of `cfg.teacher` with a sequence head) on the shared teacher loop
-    (DeepSpeed, checkpoints, resume, early stopping), selecting on mean dev accuracy (`best_dev_f1` holds it).
-    Fine-tuning a distilled universal student on a target task is the same call with `model=student`."""
-    return train_teacher(cfg, data, out_dir, task="sequence", model=model, **loop_kwargs(cfg, data))
-
-
 def load_classifier(path: str | Path, labels: list[str], eager: bool = False) -> nn.Module:
     """A fine-tuned sequence classifier folder for inference; its label order must be the run's."""
     return load_teacher_model(path, labels, eager, task="sequence")
-
-
-def distill_classifier(cfg: RunConfig, data: ClassificationData, teacher: nn.Module, student: nn.Module,
-                       out_dir: str | Path, teacher_device: torch.device | None = None,
-                       teacher_dtype: torch.dtype = torch.float32) -> DistillResult:
-    """The stage schedule for a sequence-classification pair on the shared loop: the batcher puts the hidden and
-    attention terms on [CLS] alone, and selection is on mean dev accuracy (history `dev_f1` holds it)."""
-    return distill(cfg, data, teacher, student, out_dir, teacher_device, teacher_dtype, **loop_kwargs(cfg, data))
-
-
-def dev_score_fn(cfg: RunConfig, data: ClassificationData):
-    """The selection metric as a function of the model: mean per-language dev accuracy, percent."""
-    return lambda model: dev_accuracy(model, data.dev, len(data.labels), data.tokenizer.pad_token_id,
-                                      cfg.eval.batch_size).accuracy
-
-
-def loop_kwargs(cfg: RunConfig, data) -> dict:
-    """What the shared loops (`train_teacher`, `distill`) need for `data`: nothing for NER (`TaskData`);
-    for sequence classification the batcher and the dev-accuracy score. Needs the pending loop parameters."""
-    if not isinstance(data, ClassificationData):
-        return {}
-    return {"batcher_cls": ClassificationBatcher, "score_fn": dev_score_fn(cfg, data)}
 
 
 # --------------------------------------------------------------------------------------------- evaluation
@@ -138,11 +87,6 @@ def evaluate_classifiers(cfg: RunConfig, models: dict[str, str | Path], data_pat
     """Per-language accuracy and macro-F1 of each named model folder on `split` (default `cfg.eval.split`);
     with `out_dir`, written to `out_dir/report.json` and `report.md`. Retention = student / teacher mean accuracy
     when both are named."""
-    import json
-
-    from xdt.data.classification import per_language_split
-    from xdt.engine.distributed import device
-
     split = split or cfg.eval.split
     parts = per_language_split(cfg, data_path, tokenizer, labels, split, limit=0)
     report: dict = {"split": split, "labels": list(labels), "languages": sorted(parts)}
@@ -174,11 +118,3 @@ def report_lines(report: dict) -> list[str]:
     if "retention" in report:
         lines.append(f"retention (student / teacher accuracy): {100 * report['retention']:.1f}%")
     return lines
-
-
-# Once `train_teacher()` and `distill()` take `batcher_cls=`, `score_fn=` (and train_teacher `task=`, `model=`) and
-# forward `model_inputs(batch)`, `train_classifier_teacher`, `distill_classifier`, `ClassifyStep`, `stage_losses`,
-# `phase_steps`, `_to` and `_cycle` here reduce to:
-#
-#     train_teacher(cfg, data, out_dir, task="sequence", model=model, **loop_kwargs(cfg, data))
-#     distill(cfg, data, teacher, student, out_dir, teacher_device, teacher_dtype, **loop_kwargs(cfg, data))

@@ -1,11 +1,13 @@
-"""`xdt teacher train`: fine-tune any HF encoder for token classification on one or many languages jointly.
+"""`xdt teacher train`: fine-tune any HF encoder for token (or sequence) classification on one or many
+languages jointly.
 
-setup (ranks, model, DeepSpeed engine) -> train (steps, dev F1 every `eval_every` steps, early stopping) -> save
+setup (ranks, model, DeepSpeed engine) -> train (steps, dev score every `eval_every` steps, early stopping) -> save
 (the best dev checkpoint as an HF folder) -> cleanup. The paper's teacher is one model for all 41 languages.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -19,13 +21,13 @@ from torch import nn
 from xdt.config import RunConfig
 from xdt.data.batching import WindowBatcher
 from xdt.data.classification import model_inputs
-from xdt.distill.data import TaskData
+from xdt.data.task import TaskData
 from xdt.distill.optim import make_optimizer, make_scheduler
 from xdt.distill.selection import dev_score
-from xdt.engine.distributed import device, init_distributed, is_main, world_size
+from xdt.distill.step import batches_from, resume_point
+from xdt.engine.distributed import init_distributed, is_main, world_size
 from xdt.engine.ds_config import build_ds_config, zero_stage
 from xdt.engine.hf_save import save_hf
-from xdt.distill.train import batches_from, resume_point
 from xdt.engine.checkpoint import Checkpointer
 from xdt.engine.metrics import MetricsLog, progress_bar
 from xdt.engine.preemption import Preemption
@@ -33,6 +35,8 @@ from xdt.engine.zero3 import build_config, is_partitioned, zero3_build
 from xdt.errors import Preempted
 from xdt.models.student import Task
 from xdt.models.teacher import build_teacher, teacher_hidden_size
+from xdt.outputs import TEACHER_DONE
+from xdt.recipes.setup import loop_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +149,15 @@ def train_teacher(cfg: RunConfig, data: TaskData, out_dir: str | Path, *, task: 
     return TeacherResult(best_path, best, step, stopped)
 
 
-def teacher_device_dtype() -> tuple[torch.device, torch.dtype]:
-    """Where a frozen teacher runs during distillation: bf16 on GPUs that have it, fp32 on CPU."""
-    dev = device()
-    if dev.type == "cuda" and torch.cuda.is_bf16_supported():
-        return dev, torch.bfloat16
-    return dev, torch.float32
+def train_teacher_step(cfg: RunConfig, data, out: Path) -> dict:
+    """Fine-tune the teacher, or (resuming) take the one an earlier attempt of this run finished."""
+    done = out / TEACHER_DONE
+    if cfg.output.resume == "auto" and done.exists():
+        return json.loads(done.read_text())
+    teacher_data = data.for_teacher() if cfg.data.task == "token" else data  # its own tokenizer and windows
+    result = train_teacher(cfg, teacher_data, out, task=cfg.data.task, **loop_kwargs(cfg, data))
+    summary = {"path": str(result.path), "best_dev_f1": result.best_dev_f1, "steps": result.steps,
+               "stopped_early": result.stopped_early}
+    if is_main():
+        done.write_text(json.dumps(summary))
+    return summary
