@@ -63,6 +63,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import statistics
 import sys
@@ -72,7 +73,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules beside this file
 import quality_track_c as track_c  # noqa: E402
 from quality_runner import (ROOT, BenchError, Plan, Step, _fmt, _yes, count_parameters,  # noqa: E402
-                            log, machine, prepare_work, read_report, run_json, run_step, step_env, teacher_dev_f1,
+                            log, machine, prepare_work, read_report, run_json, run_steps, step_env, teacher_dev_f1,
                             versions, write_configs, xdt_executable)
 
 DATA = ROOT.parent / "shared" / "data"
@@ -154,6 +155,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="OMP_NUM_THREADS of every xdt command and torch threads of the latency (0: torch's "
                         "default; default 1 on the CPU, steady on a shared 2-core machine; --full: 0)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="steps run at once, each a process of --threads threads, as soon as the steps it reads from "
+                        "have finished (default: the CPU cores / --threads; --full: 1)")
     p.add_argument("--latency-sentences", type=int, default=50, help="en test sentences timed at batch 1 (50)")
     p.add_argument("--latency-rounds", type=int, default=3, help="timed passes over them after a warm-up (3)")
     # track B's student (random encoder, SVD word embeddings: its teacher is trained from scratch)
@@ -239,6 +243,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{key.replace('_', '-')}: expected a number >= 0, got {getattr(args, key)}")
     if args.b_budget <= 0:
         p.error(f"--b-budget: expected a positive number, got {args.b_budget}")
+    if args.jobs is None:
+        args.jobs = 1 if args.full else max(1, (os.cpu_count() or 1) // max(1, args.threads))
+    elif args.jobs < 1:
+        p.error(f"--jobs: expected a positive number, got {args.jobs}")
     if args.student_embedding >= args.student_hidden:
         args.student_embedding = 0
     if args.a_student_embedding >= args.a_student_hidden:
@@ -800,6 +808,13 @@ def results_grid(args, plans: dict[str, Plan]) -> dict:
 # ------------------------------------------------------------------------------------------------ report
 
 
+def run_minutes(run: dict) -> str:
+    """A track's time: its steps' minutes, and the wall clock where they ran several at once."""
+    if run.get("jobs", 1) > 1:
+        return f"{run['minutes']} min of steps, {run['wall_minutes']} min wall ({run['jobs']} at once)"
+    return f"{run['minutes']} min"
+
+
 def markdown(result: dict) -> str:
     lines = ["# xdt quality benchmark", "",
              f"Command: `{result['command']}`", "",
@@ -889,7 +904,7 @@ def markdown(result: dict) -> str:
     if result.get("track_c"):
         lines += track_c.markdown(result["track_c"], result["track_c"].get("settings", result["settings"]))
     lines += ["## Runs", ""] + [f"- track {t[-1].upper()}: `{result[t]['run']['command']}` at "
-                                f"{result[t]['run']['xdt_commit']}, {result[t]['run']['minutes']} min, finished "
+                                f"{result[t]['run']['xdt_commit']}, {run_minutes(result[t]['run'])}, finished "
                                 f"{result[t]['run']['finished']}" for t in ("track_a", "track_b", "track_c")
                                 if result.get(t, {}).get("run")] + [""]
     lines += ["## Steps (this invocation)", "", "| step | seconds | reused |", "|---|---|---|"]
@@ -1005,18 +1020,13 @@ def main(argv: list[str] | None = None) -> int:
             log(f"track A: teacher ~{est_teacher:,} parameters, student ~{est_student:,} "
                 f"({est_teacher / est_student:.2f}x)")
         exe = xdt_executable()
-        timings: dict[str, dict] = {}
         configs: dict[str, dict] = {}
         for plan in plans.values():
             write_configs(plan, args)
             configs.update(plan.configs)
-        rerun: set[str] = set()
-        for track, plan in plans.items():
-            env = step_env(args, args.c_threads if track == "c" else args.threads)
-            for step in plan.steps:
-                timings[step.name] = run_step(step, args, exe, env, rerun)
-                if not timings[step.name]["reused"]:
-                    rerun.add(step.name)
+        envs = {track: step_env(args, args.c_threads if track == "c" else args.threads) for track in plans}
+        timings = run_steps([step for plan in plans.values() for step in plan.steps], args, exe,
+                            lambda step: envs[step.name.split("/")[0]], args.jobs)
         result: dict = {"benchmark": "quality-lr-grid" if args.lr_grid else "quality", "command": " ".join(shlex.quote(a) for a in [
             Path(sys.executable).name, *sys.argv]) if argv is None else "quality.py " + " ".join(argv),
             "machine": machine(), "versions": versions(),
@@ -1049,6 +1059,7 @@ def main(argv: list[str] | None = None) -> int:
                 "command": result["command"], "xdt_commit": result["versions"]["xdt_commit"],
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "minutes": round(sum(t["seconds"] for n, t in timings.items() if n.startswith(track + "/")) / 60, 1),
+                "wall_minutes": round((time.perf_counter() - t_start) / 60, 1), "jobs": args.jobs,
                 "seeds": args.seed_list}
         result["goals"] = {k: v for t in ("track_a", "track_b", "track_c") for k, v in result.get(t, {}).get(
             "goals", {}).items()}

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,6 +123,41 @@ def run_step(step: Step, args, exe: Path, env: dict, rerun: set[str] = frozenset
     marker.write_text(json.dumps(done, indent=1))
     log(f"{step.name}: done in {seconds:.0f} s")
     return {**done, "reused": False}
+
+
+def run_steps(steps: list[Step], args, exe: Path, env_of, jobs: int = 1) -> dict[str, dict]:
+    """Run `steps` (plan order), up to `jobs` at once: a step starts when every step it reads from (`deps`) has
+    finished, the earliest such step first. `env_of(step)` is its environment. A failure stops new starts, lets
+    the running ones finish (their markers are kept for --resume) and is raised."""
+    known = {s.name for s in steps}
+    done: dict[str, dict] = {}
+    rerun: set[str] = set()
+    pending = list(steps)
+    running: dict[Future, Step] = {}
+    failure: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:  # each step is a subprocess: threads suffice
+        while pending or running:
+            ready = [] if failure else [s for s in pending if all(d in done or d not in known for d in s.deps)]
+            for step in ready[:max(1, jobs) - len(running)]:
+                pending.remove(step)
+                running[pool.submit(run_step, step, args, exe, env_of(step), frozenset(rerun))] = step
+            if not running:
+                if failure:
+                    break
+                raise BenchError("steps wait on each other: " + ", ".join(s.name for s in pending))
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                step = running.pop(future)
+                try:
+                    done[step.name] = future.result()
+                except BaseException as err:  # noqa: BLE001 (raised below, once the running steps end)
+                    failure = failure or err
+                    continue
+                if not done[step.name]["reused"]:
+                    rerun.add(step.name)
+    if failure:
+        raise failure
+    return done
 
 
 def prepare_work(args) -> None:

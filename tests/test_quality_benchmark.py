@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -44,7 +46,8 @@ def test_defaults_full_and_explicit_flags(quality, tmp_path):
     assert (args.threads, args.test_limit, args.b_test_limit) == (1, 0, 2000)
     full = quality.parse_args(["--full", "--a-dev", "300"])
     assert (full.a_train, full.steps, full.b_teacher_train, full.b_transfer, full.a_dev) == (0, 0, 0, 0, 300)
-    assert (full.threads, full.b_test_limit) == (0, 0)
+    assert (full.threads, full.b_test_limit, full.jobs) == (0, 0, 1)
+    assert args.jobs == max(1, os.cpu_count() or 1) and quality.parse_args(["--jobs", "1"]).jobs == 1
     small = quality.parse_args(["--tracks", "a", "--presets", "D0-S,D4.2", "--steps", "5", "--d0-steps", "9",
                                 "--langs", "en,hi"])
     assert (small.tracks, small.presets, small.steps, small.d0_steps, small.langs) == \
@@ -52,7 +55,8 @@ def test_defaults_full_and_explicit_flags(quality, tmp_path):
 
 
 @pytest.mark.parametrize("argv", [["--presets", "D5"], ["--tracks", "d"], ["--resume", "--overwrite"],
-                                  ["--steps", "-1"], ["--b-budget", "0"], ["--seeds", "0"]])
+                                  ["--steps", "-1"], ["--b-budget", "0"], ["--seeds", "0"],
+                                  ["--jobs", "0"]])
 def test_bad_flags(quality, argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         quality.parse_args(argv)
@@ -215,10 +219,10 @@ def test_resume_reuses_only_unchanged_finished_steps(quality, tmp_path, no_subpr
     out.mkdir()
     step = quality.Step("a/eval/teacher", ["eval", "--out", str(out)], out)
     (args.work / "steps" / step.marker_name).write_text(json.dumps({"argv": step.argv, "seconds": 3.0}))
-    assert quality.run_step(step, args, Path("xdt"), {})["reused"] is True
+    assert sys.modules["quality_runner"].run_step(step, args, Path("xdt"), {})["reused"] is True
     changed = quality.Step("a/eval/teacher", ["eval", "--out", str(out), "--langs", "en"], out, [out])
     with pytest.raises(AssertionError, match="started a process"):  # another command: run again, not reused
-        quality.run_step(changed, args, Path("xdt"), {})
+        sys.modules["quality_runner"].run_step(changed, args, Path("xdt"), {})
 
 
 def test_resume_reruns_a_step_whose_input_ran_again(quality, tmp_path, no_subprocess):
@@ -229,7 +233,7 @@ def test_resume_reruns_a_step_whose_input_ran_again(quality, tmp_path, no_subpro
     step = quality.Step("a/eval/D4.2", ["eval", "--out", str(out)], out, [out], ["a/export/D4.2"])
     (args.work / "steps" / step.marker_name).write_text(json.dumps({"argv": step.argv, "seconds": 3.0}))
     with pytest.raises(AssertionError, match="started a process"):
-        quality.run_step(step, args, Path("xdt"), {}, rerun={"a/export/D4.2"})
+        sys.modules["quality_runner"].run_step(step, args, Path("xdt"), {}, rerun={"a/export/D4.2"})
 
 
 def test_lr_grid_plans_dev_only_runs_and_chooses_the_best_rate(quality, tmp_path):
@@ -281,3 +285,38 @@ def test_seed_statistics_and_the_papers_ordering(quality):
     assert order["D0-S < D4.2"]["result"] == "holds"  # +5.00 against 2 x 1.41
     assert order["D0-S < D1"]["result"] == "within noise"  # -0.33 against 2 x 0.54
     assert order["D1 < D4.2"]["gap"] == 5.33
+
+
+def _writer(quality, work: Path, name: str, deps: list[str], seconds: float, fail: bool = False):
+    """A step whose process sleeps, then records when it started and ended in its output file."""
+    out = work / f"{name}.json"
+    code = (f"import json, sys, time; t = time.time(); time.sleep({seconds}); "
+            f"sys.exit(3) if {fail} else open({str(out)!r}, 'w').write(json.dumps([t, time.time()]))")
+    return quality.Step(name, ["-c", code], out, [], deps, program=[sys.executable])
+
+
+def test_steps_run_at_once_when_what_they_read_has_finished(quality, tmp_path):
+    import argparse
+
+    args = argparse.Namespace(work=tmp_path, resume=False)
+    for sub in ("logs", "steps"):
+        (tmp_path / sub).mkdir()
+    steps = [_writer(quality, tmp_path, "teacher", [], 1.0), _writer(quality, tmp_path, "other", [], 0.2),
+             _writer(quality, tmp_path, "student", ["teacher"], 0.2),
+             _writer(quality, tmp_path, "eval", ["student", "other"], 0.0)]
+    t0 = time.time()
+    done = quality.run_steps(steps, args, Path(sys.executable), lambda step: dict(os.environ), jobs=2)
+    span = {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in done}
+    assert list(done) and set(done) == {"teacher", "other", "student", "eval"}
+    assert span["other"][0] < span["teacher"][1]  # ran beside the teacher
+    assert span["student"][0] >= span["teacher"][1] and span["eval"][0] >= span["student"][1]
+    assert time.time() - t0 < 1.0 + 0.2 + 0.2 + 0.2 + 3.0  # not one after the other: teacher + student + eval
+    # a failed step: what reads it never starts, the running one finishes, the error names the step
+    for sub in ("logs", "steps"):
+        (tmp_path / "again" / sub).mkdir(parents=True)
+    args.work = tmp_path / "again"
+    failing = [_writer(quality, args.work, "teacher", [], 0.1, fail=True), _writer(quality, args.work, "other", [], 0.5),
+               _writer(quality, args.work, "student", ["teacher"], 0.0)]
+    with pytest.raises(quality.BenchError, match="step teacher failed"):
+        quality.run_steps(failing, args, Path(sys.executable), lambda step: dict(os.environ), jobs=2)
+    assert (args.work / "other.json").is_file() and not (args.work / "student.json").exists()
