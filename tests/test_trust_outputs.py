@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.test_deploy import save_tiny
+from tests.deploy.test_deploy import save_tiny
 from tests.test_trust_inputs import refused  # one error line, exit 2, no traceback
 from xdt.cli import main
 from xdt.errors import ConfigError, XdtError

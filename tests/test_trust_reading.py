@@ -191,7 +191,7 @@ def test_same_data_twice_is_refused(tmp_path, monkeypatch, capsys):
 
 
 def _tiny_bert(folder: Path, seed: int):
-    from tests.test_eval import LABELS, tiny_bert
+    from tests.eval.test_eval import LABELS, tiny_bert
 
     return tiny_bert(folder, LABELS, seed=seed)
 

@@ -1,6 +1,6 @@
-"""A stand-in for a training run, launched by the real slurm/train.sbatch in tests/test_slurm.py (no tests here).
+"""A stand-in for a training run, launched by the real slurm/train.sbatch in tests/slurm/test_jobs.py (no tests here).
 
-    python -m tests.test_slurm_probe run CONFIG [overrides...]      (the arguments `xdt run` would get)
+    python -m tests.slurm.probe run CONFIG [overrides...]      (the arguments `xdt run` would get)
 
 Each rank records USR1 from its start (as `python -m xdt run` does), joins the gloo group torchrun set up, installs
 xdt's Preemption, and "trains" in 0.2 s steps, writing OUTPUT/probe/ready-<restart>-<rank> first (its pid and the

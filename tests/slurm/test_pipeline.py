@@ -2,7 +2,7 @@
 jobs (teacher, teacher cache, distillation, evaluation array + merge) ends with the report `xdt run` gives; a
 resubmission skips what finished; a step that fails cancels the steps after it; bad input is refused before anything
 is submitted. The full pipeline runs once per module (`finished`); the resubmission test continues its folder.
-tests/test_slurm_pipeline_plan.py covers the plan itself without a cluster.
+tests/slurm/test_pipeline_plan.py covers the plan itself without a cluster.
 """
 
 from __future__ import annotations
@@ -16,17 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm_cluster import logs, wait_job
-from tests.test_slurm import MIN_STUDENT_F1, MIN_TEACHER_F1, SMALL
+from tests.slurm.cluster import logs, wait_job
+from tests.slurm.test_jobs import MIN_STUDENT_F1, MIN_TEACHER_F1, SMALL
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(1800)]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 LANGS = {"en", "de", "ru", "ar", "hi"}
 # the DeepSpeed CPU op built once and shared (each CPU job builds its own by default: ~30 s per job)
 SHARED_OPS = os.environ.get("TORCH_EXTENSIONS_DIR") or str(Path.home() / ".cache" / "torch_extensions")
-# two gloo ranks per training job, as tests/test_slurm.py; one CPU per evaluation shard, so both shards run at once
+# two gloo ranks per training job, as tests/slurm/test_jobs.py; one CPU per evaluation shard, so both shards run at once
 RESOURCES = ["--cpus-per-task", "2", "--time", "00:15:00", "--signal-seconds", "60", "--eval-shards", "2",
              "--step-resources", "eval:cpus_per_task=1", "--env", f"TORCH_EXTENSIONS_DIR={SHARED_OPS}"]
 

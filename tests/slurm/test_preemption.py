@@ -1,5 +1,5 @@
 """xdt.engine.preemption with real signals (os.kill to this process) and two real gloo ranks where only one rank
-gets the signal. The requeue through a real `scontrol requeue` is in tests/test_slurm.py (needs the cluster)."""
+gets the signal. The requeue through a real `scontrol requeue` is in tests/slurm/test_jobs.py (needs the cluster)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 
 from xdt.engine.preemption import EXIT_REQUEUE, Preemption
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_sigusr1_sets_the_flag_and_the_process_lives():

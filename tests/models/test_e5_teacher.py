@@ -22,7 +22,7 @@ import torch
 
 from tests.conftest import SHARED_DATA, need
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WIKIANN = SHARED_DATA / "wikiann"
 TATOEBA = SHARED_DATA / "text" / "tatoeba"
 # English -> foreign nearest neighbour among the first 50 pairs, measured 0.96 deu, 0.98 rus, 0.60 ara, 0.98 hin

@@ -17,7 +17,7 @@ from xdt.transfer.dictionary import Dictionaries, MuseDictionary
 from xdt.transfer.sampling import GroupSelector, allocate, smoothed_probabilities
 from xdt.transfer.words import match_case, split_affixes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _write(path: Path, text: str) -> Path:

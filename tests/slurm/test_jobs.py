@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm_cluster import _cluster, logs, slurm_cli, wait_job
+from tests.slurm.cluster import _cluster, logs, slurm_cli, wait_job
 from xdt.slurm.render import Resources
 from xdt.slurm.status import newest_checkpoint, scontrol_jobs
 from xdt.slurm.submit import sbatch, write_script
@@ -28,7 +28,7 @@ from xdt.slurm.train_job import build_train_job, resume_supported
 # 1800 s: the first test also installs slurm-wlm (apt) and brings the cluster up; requeued jobs wait for a restart
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(1800)]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 DATA = ROOT.parent / "shared" / "data"
 XTREME = DATA / "wikiann" / "xtreme"
@@ -67,11 +67,11 @@ def test_usr1_reaches_every_rank_and_the_job_requeues_itself(cluster, tmp_path, 
     """The real train.sbatch around a probe: USR1 to the batch shell (what --signal=B:USR1@S does) is forwarded
     through srun and torchrun's agent to both gloo ranks; they stop at one step, rank 0 requeues the job with
     scontrol, and the restarted job (SLURM_RESTART_COUNT=1) finishes."""
-    monkeypatch.chdir(ROOT)  # the job runs `python -m tests.test_slurm_probe` from here (its --chdir)
+    monkeypatch.chdir(ROOT)  # the job runs `python -m tests.slurm.probe` from here (its --chdir)
     out = tmp_path / "probe-run"
     job = build_train_job(QUICKSTART, [f"output.dir={out}"], Resources(cpus_per_task=2, time="00:10:00",
                                                                        signal_seconds=60, job_name="probe"),
-                          module="tests.test_slurm_probe")
+                          module="tests.slurm.probe")
     job_id = sbatch(write_script(job.script, job.text))
     probe = out / "probe"
     deadline = time.monotonic() + 120
@@ -107,7 +107,7 @@ def test_a_usr1_during_the_jobs_set_up_stops_the_run_at_its_first_step(cluster, 
     job = build_train_job(QUICKSTART, [f"output.dir={out}"], Resources(
         cpus_per_task=2, time="00:10:00", signal_seconds=60, job_name="early",
         setup=['[[ "${SLURM_RESTART_COUNT:-0}" == 0 ]] && sleep 8  # e.g. module loads, a data copy']),
-        module="tests.test_slurm_probe")
+        module="tests.slurm.probe")
     job_id = sbatch(write_script(job.script, job.text))
     batch_log = out / "slurm" / "logs" / f"early-{job_id}.out"
     deadline = time.monotonic() + 60

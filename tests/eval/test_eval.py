@@ -32,7 +32,7 @@ from xdt.eval.run import evaluate  # noqa: E402
 from xdt.eval.scoring import score  # noqa: E402
 from xdt.eval.suites import default_reference, load_suite  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 XTREME = DATA / "wikiann" / "xtreme"
 RAW = DATA / "wikiann" / "raw"
 VOCAB = DATA / "vocab" / "bert-base-multilingual-cased"

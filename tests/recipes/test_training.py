@@ -19,7 +19,7 @@ from xdt.engine.checkpoint import Checkpointer
 from xdt.models.student import build_student
 from xdt.models.teacher import build_teacher
 
-from .test_distill import SMALL, mock_task  # noqa: F401  (the module's mock data and tiny shapes)
+from .conftest import SMALL
 
 pytestmark = pytest.mark.distributed  # DeepSpeed engines (one gloo rank)
 

@@ -10,7 +10,7 @@ c10d rendezvous of slurm/train.sbatch, and
 - survives a preemption signal: USR1 to the batch shell reaches the ranks on both nodes, they save, requeue and the
   restart resumes to the same curve and weights.
 
-Runs train with the shipped dropout (0.1) and a checkpoint every step (tests/test_resume.py's EVERY_STEP). Skipped,
+Runs train with the shipped dropout (0.1) and a checkpoint every step (tests/recipes/test_resume.py's EVERY_STEP). Skipped,
 with the reason, where the machine cannot make network namespaces (the cluster then runs one node).
 """
 
@@ -23,13 +23,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.slurm_cluster import _cluster, logs, need_nodes, slurm_cli, wait_job
-from tests.test_resume import EVERY_STEP, command, curve, final_weights, workdir  # noqa: F401 (a fixture)
+from tests.slurm.cluster import _cluster, logs, need_nodes, slurm_cli, wait_job
+from tests.conftest import EVERY_STEP, command, curve, final_weights
 from xdt.slurm.status import scontrol_jobs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.distributed, pytest.mark.timeout(1800)]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def submit(workdir: Path, name: str, capsys, nodes: int, zero: int, extra: tuple[str, ...] = EVERY_STEP) -> tuple:

@@ -1,6 +1,6 @@
 """SLURM scripts as rendered text: valid bash, the cluster conventions (signal, requeue, trap, srun, rendezvous),
 CPU-only and GPU layouts, the eval array and its merge job, and errors that name the flag or key. No cluster needed:
-tests/test_slurm.py submits the same scripts to a real one."""
+tests/slurm/test_jobs.py submits the same scripts to a real one."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from xdt.slurm.eval_job import EvalSpec, build_eval_jobs
 from xdt.slurm.render import PLACEHOLDER, Resources, render, time_seconds
 from xdt.slurm.train_job import RESUME_KEY, build_train_job, resume_supported
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 SLURM_DIR = ROOT / "slurm"
 

@@ -32,7 +32,7 @@ from xdt.eval.fast_bert import FastBertTokenClassifier, supports  # noqa: E402
 from xdt.eval.model import load_model  # noqa: E402
 from xdt.eval.predict import padded_batches, predict_label_ids  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 XTREME = DATA / "wikiann" / "xtreme"
 VOCAB = DATA / "vocab" / "bert-base-multilingual-cased"
 LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]

@@ -17,7 +17,7 @@ from xdt.data.discover import read_split
 from xdt.transfer import build_mock_transfer, build_transfer, load_transfer_config, read_transfer, transfer_stats
 from xdt.transfer.words import split_affixes
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 MUSE = DATA / "dicts" / "muse"
 TATOEBA = DATA / "text" / "tatoeba"
 XTREME = DATA / "wikiann" / "xtreme"

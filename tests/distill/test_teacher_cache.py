@@ -27,7 +27,7 @@ from xdt.distill.teacher_cache import (TeacherCache, build_teacher_cache, featur
                                        shard_name, shard_windows, teacher_weights_hash)
 from xdt.errors import XdtError
 
-from .conftest import SHARED_DATA, need
+from tests.conftest import SHARED_DATA, need
 
 LAYERS = [1, 2]  # teacher hidden states stored (of 0..2)
 MAX_LEN = 32  # short, so that some sentences need several windows

@@ -1,6 +1,6 @@
 """Training modes no other test ran: ZeRO-0 and ZeRO-1, bf16, each learning-rate schedule as the optimizer applies
 it, `output.keep_last` pruning, and a real `xdt run` process stopped by SIGUSR1 that exits 75 and resumes to its
-report. Tiny models on the mock task of tests/test_distill.py: a few steps each."""
+report. Tiny models on the mock task of tests/recipes/test_distill.py: a few steps each."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from xdt.recipes.distill import distill
 from xdt.engine.checkpoint import MARKER
 from xdt.engine.metrics import read_metrics
 
-from .test_distill import SMALL, _models, mock_task  # noqa: F401  (the module's mock data and tiny shapes)
+from .conftest import SMALL
+from .test_distill import _models
 
 pytestmark = pytest.mark.distributed  # DeepSpeed engines (one gloo rank)
 
