@@ -100,10 +100,12 @@ PAPER_TABLE3 = {"D0-S": 81.44, "D1": 82.74, "D2": 82.38, "D3.1": 83.10, "D3.2": 
 # (dev F1 49.8 after 2 epochs in a sizing run, against 32.3; ~+4.5 min) and track B is scored on the first 2000
 # test sentences per language (~-5 min). --full (GPU): all the data, epochs instead of step budgets, torch's
 # threads. An explicit flag wins over both.
-CPU_DEFAULTS = {"a_train": 4000, "a_dev": 500, "teacher_epochs": 3.0, "steps": 150, "b_steps": 100, "epochs": 2.0,
+CPU_DEFAULTS = {"a_train": 4000, "a_dev": 500, "teacher_epochs": 3.0, "steps": 150, "a_representation_steps": 2250,
+                "b_steps": 100, "epochs": 2.0,
                 "b_teacher_train": 2000, "b_teacher_epochs": 2.0, "b_dev": 300, "b_transfer": 2000,
                 "test_limit": 0, "b_test_limit": 2000, "threads": 1}
-FULL_DEFAULTS = {"a_train": 0, "a_dev": 0, "teacher_epochs": 3.0, "steps": 0, "b_steps": 0, "epochs": 2.0,
+FULL_DEFAULTS = {"a_train": 0, "a_dev": 0, "teacher_epochs": 3.0, "steps": 0, "a_representation_steps": 0,
+                 "b_steps": 0, "epochs": 2.0,
                  "b_teacher_train": 0, "b_teacher_epochs": 3.0, "b_dev": 0, "b_transfer": 0, "test_limit": 0,
                  "b_test_limit": 0, "threads": 0}
 
@@ -185,6 +187,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher-epochs", type=float, default=None, help="track A: teacher.epochs")
     p.add_argument("--teacher-lr", type=float, default=1e-4, help="track A: teacher.lr (1e-4)")
     p.add_argument("--presets", default=",".join(PRESETS), help="track A: distill.strategy presets")
+    p.add_argument("--a-representation-steps", type=int, default=None,
+                   help="track A: distill.representation_steps, the representation stage of the D3.x/D4.x presets, "
+                        "every layer at once (CPU default 2250: the dev trail in docs/benchmarks.md; --full: 0, "
+                        "distill.epochs)")
     # track B
     p.add_argument("--langs", default=",".join(B_LANGS), help="track B languages")
     p.add_argument("--b-teacher-train", type=int, default=None,
@@ -237,7 +243,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key in ("a_lr", "a_d0_lr", "b_lr", "b_d0_lr"):
         if getattr(args, key) <= 0:
             p.error(f"--{key.replace('_', '-')}: expected a positive learning rate, got {getattr(args, key)}")
-    for key in ("a_train", "a_dev", "steps", "b_steps", "b_teacher_train", "b_dev", "b_transfer", "test_limit",
+    for key in ("a_train", "a_dev", "steps", "a_representation_steps", "b_steps", "b_teacher_train", "b_dev", "b_transfer", "test_limit",
                 "b_test_limit", "threads", "latency_sentences", "latency_rounds"):
         if getattr(args, key) < 0:
             p.error(f"--{key.replace('_', '-')}: expected a number >= 0, got {getattr(args, key)}")
@@ -359,7 +365,8 @@ def track_a_students_config(args, teacher: Path, pretrained: Path) -> dict:
         "tokenizer": {"path": str(teacher)},
         "teacher": {"model": str(teacher)},
         "student": student_section(args, "a"),
-        "distill": {**distill_section(args), **({"layer_map": copy_layer_map(
+        "distill": {**distill_section(args), "representation_steps": args.a_representation_steps,
+                    **({"layer_map": copy_layer_map(
             args.a_student_layers, teacher_layer_count(pretrained))} if args.a_student_init == "teacher" else {})},
         **common_sections(args, "a"),
     }

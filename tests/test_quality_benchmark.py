@@ -124,9 +124,9 @@ def test_generated_configs_and_commands_parse(quality, tmp_path):
         assert cfg.student.embedding_init == "teacher" and cfg.distill.layer_map == [-1, 3, 6]
         assert cfg.data.transfer.endswith("train-en.tsv") and cfg.data.limit == 200
         # the representation stage of the staged presets: its own budget, every layer at once
-        assert cfg.distill.representation_steps == quality.CPU_DEFAULTS["a_representation_steps"] == 1500
+        assert cfg.distill.representation_steps == quality.CPU_DEFAULTS["a_representation_steps"] == 2250
         stages = [(s.name, s.steps) for s in cfg.stages]
-        assert (stages[0] == ("representations", 1500)) == preset.startswith(("D3", "D4"))
+        assert (stages[0] == ("representations", 2250)) == preset.startswith(("D3", "D4"))
 
     b = seen["b"]
     assert b["b/teacher"].teacher.model == "" and b["b/teacher"].data.langs == ["en", "ar", "hi"]
