@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 
 
 def distill_step(cfg: RunConfig, data, teacher_dir: Path, out: Path) -> dict:
+    """The teacher (loaded, or only its cached outputs), the student built from it, then `distill`; the summary
+    is written to OUTPUT/distill_done.json last."""
     eager = cfg.distill.attention_loss != "none"
     check_cross_tokenizer(cfg, data)
     tcfg = AutoConfig.from_pretrained(str(teacher_dir))
