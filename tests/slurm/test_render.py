@@ -97,7 +97,8 @@ def test_srun_tasks_without_torchrun(tmp_path):
 @pytest.mark.parametrize("command, words", [("teacher", "-m xdt teacher train"), ("cache", "-m xdt teacher cache"),
                                             ("run", "-m xdt run")])
 def test_each_command(tmp_path, command, words):
-    text = train(tmp_path, command=command)
+    cache = [f"distill.teacher_cache={tmp_path / 'cache'}"] if command == "cache" else []  # where it writes
+    text = train(tmp_path, *cache, command=command)
     bash_n(text, tmp_path)
     assert words in text
     assert f"#SBATCH --job-name=xdt-{command}-run" in text

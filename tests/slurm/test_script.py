@@ -105,3 +105,42 @@ def test_cpu_jobs_default_to_their_own_extensions_folder_gpu_jobs_and_env_choose
     assert chosen.index("export TORCH_EXTENSIONS_DIR=/shared/ext") > \
         chosen.index('export TORCH_EXTENSIONS_DIR="$XDT_JOB_EXTENSIONS"')
     assert "TORCH_EXTENSIONS_DIR" not in train(tmp_path, gpus_per_node=1)
+
+
+# stands for a run that wrote its done marker and was then hit by a signal (torchrun exits 1)
+FAKE_FINISHED_PYTHON = """#!/bin/bash
+mkdir -p "$FAKE_OUT/run" && echo '{}' > "$FAKE_OUT/run/run.json"
+exit 1
+"""
+
+
+def test_a_step_that_fails_after_this_job_wrote_the_done_marker_counts_as_finished(tmp_path):
+    """A signal that reaches a rank after the run wrote its done marker (run.json for `xdt run`) makes torchrun exit
+    1: the job ends COMPLETED, saying why. A marker an earlier job left does not count: the failure stands."""
+    (tmp_path / "bin").mkdir()
+    python = tmp_path / "bin" / "python"
+    python.write_text(FAKE_FINISHED_PYTHON)
+    python.chmod(0o755)
+    text = train(tmp_path, python=str(python))
+    assert f"DONE_MARKER={tmp_path / 'run' / 'run.json'}" in text
+    (tmp_path / "task.0").write_text("")  # _fake_job reads what the task saw; this task records nothing
+    done, _ = _fake_job(tmp_path, text, restart=0)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "the step exited with 1 after this job wrote" in done.stdout and "finished" in done.stdout
+
+    python.write_text("#!/bin/bash\nexit 1\n")  # fails without writing; the marker is the earlier job's
+    os.utime(tmp_path / "run" / "run.json", (1, 1))
+    done, _ = _fake_job(tmp_path, text, restart=0)
+    assert done.returncode == 1 and "the step exited with 1 (under torchrun" in done.stdout
+
+
+def test_the_cache_job_names_its_cache_folder(tmp_path):
+    import pytest
+
+    from xdt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="distill.teacher_cache"):
+        build_train_job(QUICKSTART, [f"output.dir={tmp_path / 'run'}"], Resources(), command="cache")
+    job = build_train_job(QUICKSTART, [f"output.dir={tmp_path / 'run'}", f"distill.teacher_cache={tmp_path / 'c'}"],
+                          Resources(), command="cache")
+    assert f"DONE_MARKER={tmp_path / 'c' / 'manifest.json'}" in job.text

@@ -18,6 +18,7 @@ from xdt.eval.options import EvalOptions
 from xdt.eval.report import summary_lines
 from xdt.eval.run import evaluate
 from xdt.models.export import export_model
+from xdt.outputs import RUN_DONE
 from xdt.recipes.distill import distill_step
 from xdt.recipes.setup import recorded_config, start_run
 from xdt.recipes.teacher import train_teacher_step
@@ -71,7 +72,7 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
         summary.update({"student": str(student_dir), "eval": str(out / "eval" / "report.json"), **scores})
         timings["total_s"] = time.perf_counter() - t0
         summary["timing"] = {k: round(v, 2) for k, v in timings.items()}
-        (out / "run.json").write_text(json.dumps(summary, indent=2, default=str))
+        (out / RUN_DONE).write_text(json.dumps(summary, indent=2, default=str))
         print("\n".join(lines))
         print(f"report: {out / 'eval' / 'report.md'}  student: {student_dir}  ({timings['total_s']:.0f} s)")
     return summary

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from xdt.config import OutputConfig, RunConfig, load_config
 from xdt.errors import ConfigError, XdtError
+from xdt.outputs import DISTILL_DONE, RUN_DONE, TEACHER_DONE
 from xdt.slurm.render import Resources, join_lines, render, safe_path
 
 # xdt subcommand per `--command`
@@ -40,6 +41,16 @@ DEFAULT_PORT = "$((10000 + SLURM_JOB_ID % 20000))"
 # folder of its own on the node's local disk, removed at the end; `--env TORCH_EXTENSIONS_DIR=...` chooses another.
 JOB_EXTENSIONS = ['XDT_JOB_EXTENSIONS="${TMPDIR:-/tmp}/xdt-torch-extensions-$SLURM_JOB_ID.${SLURM_RESTART_COUNT:-0}"',
                   'export TORCH_EXTENSIONS_DIR="$XDT_JOB_EXTENSIONS"']
+
+
+def done_marker(cfg: RunConfig, command: str, output_dir: Path) -> Path:
+    """The file a command writes after everything else: once this job has written it, the run is finished, whatever
+    the step's exit status (a signal that reaches a rank after its last step makes torchrun exit 1)."""
+    if command == "cache":
+        if not cfg.distill.teacher_cache:
+            raise ConfigError("distill.teacher_cache: `--command cache` writes the teacher's outputs there; set it")
+        return Path(safe_path(cfg.distill.teacher_cache, "distill.teacher_cache")) / "manifest.json"
+    return output_dir / {"run": RUN_DONE, "teacher": TEACHER_DONE, "distill": DISTILL_DONE}[command]
 
 
 def resume_supported() -> bool:
@@ -108,6 +119,7 @@ def build_train_job(config: str, overrides: list[str], res: Resources, command: 
         "description": DESCRIPTIONS[command],
         "script": script,
         "output_dir": output_dir,
+        "done_marker": done_marker(cfg, command, output_dir),
         "job_name": job_name,
         "nodes": res.nodes,
         "ntasks_per_node": res.ntasks_per_node,
