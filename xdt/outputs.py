@@ -24,6 +24,7 @@ from xdt.errors import SYMLINK_LOOP, ConfigError, XdtError, is_symlink_loop
 RUN_RECORD = "xdt_run.json"
 # Completion notes in a run folder, written after everything else of their step (`xdt slurm pipeline` reads them)
 TEACHER_DONE, DISTILL_DONE, RUN_DONE = "teacher_done.json", "distill_done.json", "run.json"
+CACHE_MANIFEST = "manifest.json"  # a teacher cache's, in distill.teacher_cache
 # A run folder may hold these before its run starts: `xdt slurm submit` writes the job script and its logs there.
 RUN_FOLDER_EXTRAS = {"slurm"}
 # Config keys that may change between attempts of one run: where it is, how it checkpoints, what it evaluates.

@@ -26,10 +26,11 @@ from xdt.data.task import TaskData
 from xdt.data.tokenizer import tokenizer_fingerprint
 from xdt.data.word_bridge import Pooling, WordBridge, scatter_words
 from xdt.errors import XdtError
+from xdt.outputs import CACHE_MANIFEST
 
 FORMAT = "xdt-teacher-cache"
 VERSION = 1
-MANIFEST = "manifest.json"
+MANIFEST = CACHE_MANIFEST
 MARKER = "complete"
 # fields that decide the cached values: a mismatch makes the cache stale
 _KEYED = ("teacher_hash", "content_id", "tokenizer_fp", "max_seq_length", "teacher_tokenizer_fp", "word_pooling")

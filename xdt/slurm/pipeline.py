@@ -33,7 +33,7 @@ from xdt.config import SLURM_STEPS, RunConfig, SlurmStepConfig, load_config
 from xdt.errors import ConfigError, XdtError
 from xdt.slurm.eval_job import EvalJobs, EvalSpec, build_eval_jobs
 from xdt.slurm.render import Resources, safe_path
-from xdt.slurm.train_job import TrainJob, build_train_job
+from xdt.slurm.train_job import TrainJob, build_train_job, done_marker
 
 STEPS = SLURM_STEPS  # in submission order; the training steps are named as train_job's commands
 RECORD = "pipeline.json"
@@ -159,8 +159,6 @@ def plan(config: str, overrides: list[str], common: dict | None = None, per_step
     """Check the config and every step's resources, decide what each step does (submit, done, active) and render
     the scripts of the steps to submit. `job_states(ids) -> {id: state}` (None: ask scontrol)."""
     from xdt.data.mock import _configured
-    from xdt.distill.teacher_cache import MANIFEST
-    from xdt.outputs import DISTILL_DONE, TEACHER_DONE
 
     common, per_step, shared = common or {}, per_step or {}, shared or {}
     cfg = load_config(config, overrides)
@@ -177,13 +175,13 @@ def plan(config: str, overrides: list[str], common: dict | None = None, per_step
         named = {"job_name": f"{job_prefix}-{step}"} if job_prefix else {}
         return step_resources(step, cfg, common, per_step, {**shared, **named})
 
-    steps = {"teacher": Step("teacher", "xdt teacher train", [], out / TEACHER_DONE, res("teacher"),
+    steps = {"teacher": Step("teacher", "xdt teacher train", [], done_marker(cfg, "teacher", out), res("teacher"),
                              list(overrides), state="given" if given else "submit")}
     if cfg.distill.teacher_cache:
-        cache = Path(cfg.distill.teacher_cache).absolute()
-        steps["cache"] = Step("cache", "xdt teacher cache", ["teacher"], cache / MANIFEST, res("cache"), with_teacher)
+        steps["cache"] = Step("cache", "xdt teacher cache", ["teacher"], done_marker(cfg, "cache", out), res("cache"),
+                              with_teacher)
     steps["distill"] = Step("distill", "xdt distill", [s for s in ("teacher", "cache") if s in steps],
-                            out / DISTILL_DONE, res("distill"), with_teacher)
+                            done_marker(cfg, "distill", out), res("distill"), with_teacher)
     eval_job = f"{job_prefix}-eval" if job_prefix else f"xdt-eval-{out.name}"
     steps["eval"] = Step("eval", "xdt eval (array) + xdt eval merge", ["distill"],
                          report_path(out), dataclasses.replace(res("eval"), job_name=eval_job))

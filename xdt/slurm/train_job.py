@@ -15,7 +15,7 @@ from pathlib import Path
 
 from xdt.config import OutputConfig, RunConfig, load_config
 from xdt.errors import ConfigError, XdtError
-from xdt.outputs import DISTILL_DONE, RUN_DONE, TEACHER_DONE
+from xdt.outputs import CACHE_MANIFEST, DISTILL_DONE, RUN_DONE, TEACHER_DONE
 from xdt.slurm.render import Resources, join_lines, render, safe_path
 
 # xdt subcommand per `--command`
@@ -44,12 +44,13 @@ JOB_EXTENSIONS = ['XDT_JOB_EXTENSIONS="${TMPDIR:-/tmp}/xdt-torch-extensions-$SLU
 
 
 def done_marker(cfg: RunConfig, command: str, output_dir: Path) -> Path:
-    """The file a command writes after everything else: once this job has written it, the run is finished, whatever
-    the step's exit status (a signal that reaches a rank after its last step makes torchrun exit 1)."""
+    """The file a command writes after everything else: the step marker of `xdt slurm pipeline`, and in the job
+    script, once this job has written it, the run is finished whatever the step's exit status (a signal that reaches
+    a rank after its last step makes torchrun exit 1)."""
     if command == "cache":
         if not cfg.distill.teacher_cache:
             raise ConfigError("distill.teacher_cache: `--command cache` writes the teacher's outputs there; set it")
-        return Path(safe_path(cfg.distill.teacher_cache, "distill.teacher_cache")) / "manifest.json"
+        return Path(safe_path(cfg.distill.teacher_cache, "distill.teacher_cache")) / CACHE_MANIFEST
     return output_dir / {"run": RUN_DONE, "teacher": TEACHER_DONE, "distill": DISTILL_DONE}[command]
 
 
